@@ -1,0 +1,135 @@
+"""The one settings object. Read once, at start-up, from ``COPYDESK_*`` variables.
+
+Components never read the environment themselves: they receive the values they need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "copydesk"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "copydesk"
+
+
+class ProviderSettings(BaseModel):
+    """One named provider. ``kind`` picks the implementation from the provider registry."""
+
+    kind: str = Field(description="registry name: embedded, openai, deterministic, or a plugin's")
+    model: str | None = Field(default=None, description="default model name for this provider")
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_concurrency: int = Field(default=16, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_providers() -> dict[str, dict[str, Any]]:
+    return {
+        "local": {"kind": "embedded", "model": "qwen2.5-coder-0.5b", "max_concurrency": 4},
+        "echo": {"kind": "deterministic", "model": "echo", "max_concurrency": 1000},
+    }
+
+
+class Settings(BaseSettings):
+    """Everything Copydesk can be told, with defaults for the embedded one-machine setup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COPYDESK_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is SQLite in data_dir. "
+        "PostgreSQL: postgresql+asyncpg://user@host:5432/db",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description="named providers, merged over the built-in 'local' (embedded model) and "
+        "'echo' (deterministic); e.g. COPYDESK_PROVIDERS__VLLM__KIND=openai",
+    )
+    default_provider: str = "local"
+    embedded_model: Literal["qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-0.5b"
+    embedded_threads: int | None = Field(default=None, ge=1)
+    embedded_context: int = Field(default=4096, ge=512)
+
+    agents_dirs: list[Path] = Field(
+        default_factory=list, description="folders of agent YAML files deployed at start-up"
+    )
+    bootstrap_org: str = Field(default="default", description="organisation of the first key")
+    static_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra accepted keys, key -> organisation name (for SDK test suites)",
+    )
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_providers(cls, data: Any) -> Any:
+        # Configured providers are laid over the built-ins field by field, so
+        # COPYDESK_PROVIDERS__LOCAL__MAX_CONCURRENCY=2 changes one value and keeps the rest.
+        if not isinstance(data, dict):
+            return data
+        merged: dict[str, Any] = _default_providers()
+        given = data.get("providers") or {}
+        if isinstance(given, dict):
+            for name, value in given.items():
+                if isinstance(value, dict):
+                    merged[name] = {**merged.get(name, {}), **value}
+                else:
+                    merged[name] = value
+        return {**data, "providers": merged}
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not (value.startswith("sqlite") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError(
+                "COPYDESK_DATABASE_URL must be sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER@HOST:PORT/DB"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_default_provider(self) -> Settings:
+        if self.default_provider not in self.providers:
+            known = ", ".join(sorted(self.providers)) or "none"
+            raise ValueError(
+                f"COPYDESK_DEFAULT_PROVIDER={self.default_provider!r} is not a configured "
+                f"provider (configured: {known}); set COPYDESK_PROVIDERS__<NAME>__KIND"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'copydesk.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Built-in providers. Each module exposes ``create(name, config, settings) -> Provider``."""

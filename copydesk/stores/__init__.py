@@ -1,0 +1,1 @@
+"""Store implementations (adapters of :class:`copydesk.store.Store`)."""

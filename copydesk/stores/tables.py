@@ -1,0 +1,121 @@
+"""SQLAlchemy table definitions: the schema every migration must arrive at."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite's INTEGER PRIMARY KEY is the rowid (auto-increment); PostgreSQL gets BIGINT identity.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("id", String(100), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("current_version", Integer, nullable=False),
+    Column("graph_ids", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_deployed_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("org_id", "id"),
+    Index("ix_agents_org_id_seq", "org_id", "seq"),
+)
+
+agent_versions = Table(
+    "agent_versions",
+    metadata,
+    Column("agent_seq", SeqType, ForeignKey("agents.seq"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+generations = Table(
+    "generations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("agent_id", String(100), nullable=False),
+    Column("agent_version", Integer, nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("streamed", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_generations_org_id_agent_id", "org_id", "agent_id"),
+)
