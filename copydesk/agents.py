@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from copydesk.errors import AgentDefinitionInvalid
 from copydesk.prompts import check_template
@@ -94,9 +102,18 @@ class InputSpec(_Strict):
             raw = data.get("options")
             if raw is None and data["input_type"] == "dropdown":
                 return data  # reported below as a missing list
-            if raw is None or isinstance(raw, dict):
-                data = {**data, "options": model.model_validate(raw or {})}
+            if raw is None:
+                data = {**data, "options": model.model_validate({})}
         return data
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options_model(cls, value: Any, info: ValidationInfo) -> Any:
+        # Parsed here rather than above so that errors keep their path (inputs.N.options.x).
+        model = _OPTIONS_BY_TYPE.get(info.data.get("input_type", ""))
+        if model is not None and isinstance(value, dict):
+            return model.model_validate(value)
+        return value
 
     @model_validator(mode="after")
     def _dropdown_needs_list(self) -> InputSpec:
@@ -173,7 +190,10 @@ class AgentSpec(_Strict):
         seen: set[str] = set()
         for spec in self.inputs:
             if spec.name in seen:
-                raise ValueError(f"input name {spec.name!r} is used twice; names must be unique")
+                raise ValueError(
+                    f"field 'inputs': input name {spec.name!r} is used twice; "
+                    "rename one of them (names must be unique)"
+                )
             seen.add(spec.name)
         return self
 

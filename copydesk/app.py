@@ -9,41 +9,97 @@ import logging
 from types import TracebackType
 
 from copydesk.accounts import Accounts
+from copydesk.backlog import Backlog
 from copydesk.catalog import Catalog
 from copydesk.config import Settings
+from copydesk.flow import FlowControl, Limits, MemoryFlowControl
 from copydesk.generation import Generator
+from copydesk.jobs import RetryPolicy
 from copydesk.migrations import upgrade_to_head
 from copydesk.provider import ProviderRegistry, Providers
-from copydesk.store import Store
-from copydesk.stores.sql import SQLStore
+from copydesk.queue import Queue
+from copydesk.stores.sql import SQLJobStore, SQLStore
+from copydesk.worker import Worker, WorkerOptions
 
 log = logging.getLogger("copydesk.app")
 
 
 class App:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: ProviderRegistry | None = None,
-        store: Store | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, registry: ProviderRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or ProviderRegistry().load_entry_points()
-        self.store: Store = store if store is not None else SQLStore(settings.resolved_database_url)
+        self.store = SQLStore(settings.resolved_database_url)
+        self.jobs = SQLJobStore(self.store)
         self.providers = Providers(self.registry, settings)
         self.accounts = Accounts(self.store, settings.static_keys)
         self.catalog = Catalog(self.store, self.providers)
         self.generator = Generator(self.store, self.catalog, self.providers)
+        self.queue = self._build_queue()
+        self.flow = self._build_flow()
+        self.backlog = Backlog(
+            self.jobs,
+            self.catalog,
+            self.generator,
+            self.queue,
+            settings.max_attempts,
+            settings.jobs_page_max,
+        )
+
+    def _concurrency(self) -> dict[str, int]:
+        return {name: p.max_concurrency for name, p in self.settings.providers.items()}
+
+    def _limits(self) -> dict[str, Limits]:
+        return {
+            name: Limits(p.requests_per_minute, p.tokens_per_minute)
+            for name, p in self.settings.providers.items()
+        }
+
+    def _build_queue(self) -> Queue:
+        if self.settings.resolved_engine == "pgqueuer":
+            from copydesk.engines.pgqueuer import PgQueuerQueue
+
+            return PgQueuerQueue(self.store, self._concurrency(), self.settings)
+        from copydesk.engines.embedded import EmbeddedQueue
+
+        return EmbeddedQueue(
+            self.jobs,
+            self._concurrency(),
+            lease_s=self.settings.lease_s,
+            poll_interval_s=self.settings.poll_interval_s,
+        )
+
+    def _build_flow(self) -> FlowControl:
+        limits = self._limits()
+        if self.settings.is_sqlite:
+            return MemoryFlowControl(limits)
+        from copydesk.limiters.postgres import PostgresFlowControl
+
+        return PostgresFlowControl(self.store, limits)
+
+    def worker(self, owner: str | None = None) -> Worker:
+        s = self.settings
+        options = WorkerOptions(
+            lease_s=s.lease_s,
+            shutdown_grace_s=s.shutdown_grace_s,
+            policy=RetryPolicy(
+                max_attempts=s.max_attempts,
+                base_delay_s=s.retry_base_delay_s,
+                max_delay_s=s.retry_max_delay_s,
+            ),
+        )
+        return Worker(self.jobs, self.queue, self.generator, self.flow, options, owner)
 
     async def open(self, *, migrate: bool = True) -> None:
         if self.settings.is_sqlite and self.settings.database_url is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
-        if migrate and isinstance(self.store, SQLStore):
+        if migrate:
             await upgrade_to_head(self.store.engine)
+        await self.queue.open()
 
     async def close(self) -> None:
+        await self.queue.close()
+        await self.flow.close()
         await self.providers.close()
         await self.store.close()
 

@@ -25,6 +25,7 @@ class Catalog:
     def __init__(self, store: Store, providers: Providers) -> None:
         self._store = store
         self._providers = providers
+        self._versions: dict[tuple[str, str, int], Agent] = {}
 
     def check(self, spec: AgentSpec, source: str) -> None:
         """Checks that need the running configuration (the provider must exist)."""
@@ -54,9 +55,7 @@ class Catalog:
             except AgentDefinitionInvalid as exc:
                 failures.append(exc)
         if failures:
-            raise AgentDefinitionInvalid(
-                "agent files", [str(f) for f in failures]
-            ) from failures[0]
+            raise AgentDefinitionInvalid("agent files", [str(f) for f in failures]) from failures[0]
         return loaded
 
     async def deploy(
@@ -80,6 +79,18 @@ class Catalog:
         ]
 
     async def get(self, org_id: str, agent_id: str, version: int | None = None) -> Agent:
+        if version is not None:
+            # Versions are immutable: a job's pinned version is read once per process.
+            key = (org_id, agent_id, version)
+            cached = self._versions.get(key)
+            if cached is None:
+                cached = await self._store.get_agent(org_id, agent_id, version)
+                if cached is None:
+                    raise ApplicationNotFound(agent_id)
+                if len(self._versions) >= 1024:
+                    self._versions.pop(next(iter(self._versions)))
+                self._versions[key] = cached
+            return cached
         agent = await self._store.get_agent(org_id, agent_id, version)
         if agent is None or agent.status != "deployed":
             raise ApplicationNotFound(agent_id)
@@ -97,7 +108,9 @@ class Catalog:
 
     async def set_graphs(self, org_id: str, agent_id: str, graph_ids: list[str]) -> list[str]:
         await self.get(org_id, agent_id)
-        stored = await self._store.set_agent_graphs(org_id, agent_id, list(dict.fromkeys(graph_ids)))
+        stored = await self._store.set_agent_graphs(
+            org_id, agent_id, list(dict.fromkeys(graph_ids))
+        )
         if stored is None:
             raise ApplicationNotFound(agent_id)
         return stored

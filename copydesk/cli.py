@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from copydesk.app import App
@@ -48,6 +49,15 @@ def load_settings(**overrides: object) -> Settings:
         raise typer.Exit(EXIT_USAGE) from exc
 
 
+def print_table(table: Table) -> None:
+    """Print a table; piped output gets the table's full width, so ids are never cut."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    natural = out.measure(table, options=out.options.update_width(10_000)).maximum
+    Console(soft_wrap=True, width=max(out.width, natural)).print(table)
+
+
 def run(settings: Settings, body: Callable[[App], Awaitable[T]]) -> T:
     """Open the app, run one service call, translate our errors into exit codes."""
 
@@ -58,15 +68,15 @@ def run(settings: Settings, body: Callable[[App], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except AgentDefinitionInvalid as exc:
-        err.print(f"[red]Invalid agent definition[/red] in {exc.source}:")
+        err.print(f"[red]Invalid agent definition[/red] in {escape(exc.source)}:")
         for problem in exc.problems:
-            err.print(f"  - {problem}")
+            err.print(f"  - {problem}", markup=False)
         raise typer.Exit(EXIT_INVALID) from exc
     except NotFound as exc:
-        err.print(f"[red]{exc.message}[/red]")
+        err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(EXIT_NOT_FOUND) from exc
     except CopydeskError as exc:
-        err.print(f"[red]{exc.message}[/red]")
+        err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(1) from exc
 
 
@@ -80,14 +90,19 @@ def serve(
     agents: Annotated[
         list[Path] | None, typer.Option("--agents", help="agent files or folders to deploy")
     ] = None,
+    workers: Annotated[
+        bool, typer.Option("--workers/--no-workers", help="run job workers in this process")
+    ] = True,
 ) -> None:
-    """Run the HTTP API (and, on the embedded default, the workers) in this process."""
+    """Run the HTTP API and, unless --no-workers, job workers in this process."""
     import uvicorn
 
     from copydesk.api import create_api
 
     settings = load_settings(host=host, port=port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     app = App(settings)
     agent_paths = [*settings.agents_dirs, *(agents or [])]
 
@@ -100,14 +115,18 @@ def serve(
                 for d in deployed:
                     state = "deployed" if d.changed else "unchanged"
                     out.print(f"agent {d.agent.id} {d.agent.name!r} v{d.agent.version} ({state})")
-            api = create_api(app, manage_lifecycle=False)
+            api = create_api(app, manage_lifecycle=False, run_workers=workers)
             config = uvicorn.Config(
-                api, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, lifespan="on",
+                api,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
             )
             server = uvicorn.Server(config)
             serve_task = asyncio.create_task(server.serve())
-            while not server.started and not serve_task.done():
+            while not server.started and not serve_task.done():  # noqa: ASYNC110 - uvicorn has no event
                 await asyncio.sleep(0.05)
             if server.started:
                 bound = server.servers[0].sockets[0].getsockname()
@@ -125,6 +144,31 @@ def serve(
     asyncio.run(main())
 
 
+@cli.command()
+def worker() -> None:
+    """Run a job worker (no HTTP). SIGTERM stops claiming and finishes in-flight jobs."""
+    import signal
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    async def main() -> None:
+        async with App(settings) as app:
+            w = app.worker()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, w.stop)
+            out.print(
+                f"COPYDESK_WORKER {w.owner} engine={settings.resolved_engine}", highlight=False
+            )
+            sys.stdout.flush()
+            await w.run()
+
+    asyncio.run(main())
+
+
 # --- keys ---------------------------------------------------------------------------------
 
 
@@ -135,7 +179,7 @@ def keys_create(
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""
     new = run(load_settings(), lambda app: app.accounts.create_key(org, name))
-    err.print(f"key {new.key.id} (prefix {new.key.prefix}) for organisation {org!r}:")
+    err.print(f"key {new.key.id} (prefix {new.key.prefix}) for organisation {org!r}:", markup=False)
     out.print(new.plaintext, highlight=False, soft_wrap=True)
 
 
@@ -166,10 +210,14 @@ def keys_list(
     table = Table("id", "prefix", "name", "organisation", "created", "revoked")
     for k, o in rows:
         table.add_row(
-            k.id, k.prefix, k.name, o.name, f"{k.created_at:%Y-%m-%d %H:%M}",
+            k.id,
+            k.prefix,
+            k.name,
+            o.name,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
             f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
         )
-    out.print(table)
+    print_table(table)
 
 
 @keys_cli.command("revoke")
@@ -185,7 +233,9 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) ->
 @agents_cli.command("deploy")
 def agents_deploy(
     paths: Annotated[list[Path], typer.Argument(help="agent YAML files or folders")],
-    org: Annotated[str | None, typer.Option("--org", help="organisation (default: bootstrap)")] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="organisation (default: bootstrap)")
+    ] = None,
 ) -> None:
     """Validate every file, then deploy each as a new immutable version."""
     settings = load_settings()
@@ -199,12 +249,14 @@ def agents_deploy(
         ]
 
     for line in run(settings, body):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False)
 
 
 @agents_cli.command("list")
 def agents_list(
-    org: Annotated[str | None, typer.Option("--org", help="organisation (default: bootstrap)")] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="organisation (default: bootstrap)")
+    ] = None,
 ) -> None:
     """List deployed agents of an organisation."""
     from copydesk.store import CursorQuery
@@ -228,13 +280,15 @@ def agents_list(
     table = Table("id", "name", "version", "last deployed")
     for row in run(settings, body):
         table.add_row(*row)
-    out.print(table)
+    print_table(table)
 
 
 @agents_cli.command("show")
 def agents_show(
     agent_id: Annotated[str, typer.Argument(help="agent id")],
-    org: Annotated[str | None, typer.Option("--org", help="organisation (default: bootstrap)")] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="organisation (default: bootstrap)")
+    ] = None,
     version: Annotated[int | None, typer.Option(help="a past version")] = None,
 ) -> None:
     """Print an agent's deployed definition as JSON."""

@@ -83,6 +83,20 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
+    # --- jobs and workers ---
+    engine: Literal["auto", "embedded", "pgqueuer"] = Field(
+        default="auto",
+        description="dispatch engine: 'embedded' (in-process, any database) or 'pgqueuer' "
+        "(PostgreSQL only); 'auto' picks pgqueuer on PostgreSQL and embedded on SQLite",
+    )
+    lease_s: float = Field(default=30.0, gt=0, description="a running job's lease; renewed")
+    max_attempts: int = Field(default=5, ge=1, description="attempts per job run")
+    retry_base_delay_s: float = Field(default=1.0, ge=0)
+    retry_max_delay_s: float = Field(default=60.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker's queue check")
+    jobs_page_max: int = Field(default=500, ge=1)
+
     @model_validator(mode="before")
     @classmethod
     def _merge_providers(cls, data: Any) -> Any:
@@ -133,3 +147,18 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_engine(self) -> Literal["embedded", "pgqueuer"]:
+        if self.engine == "auto":
+            return "embedded" if self.is_sqlite else "pgqueuer"
+        return self.engine
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        if self.engine == "pgqueuer" and self.is_sqlite:
+            raise ValueError(
+                "COPYDESK_ENGINE=pgqueuer needs PostgreSQL: set COPYDESK_DATABASE_URL="
+                "postgresql+asyncpg://USER@HOST:PORT/DB, or use COPYDESK_ENGINE=embedded"
+            )
+        return self

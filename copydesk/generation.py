@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from copydesk.catalog import Catalog
-from copydesk.inputs import FileChecker, parse_inputs, reject_files, validate_inputs
 from copydesk.errors import InvalidInputs
+from copydesk.inputs import FileChecker, parse_inputs, reject_files, validate_inputs
 from copydesk.prompts import render_prompt
 from copydesk.provider import (
     Generation,
@@ -46,7 +46,9 @@ class Answer:
     generation: Generation
 
 
-def build_request(agent: Agent, values: dict[str, list[str]], default_model: str | None) -> GenerationRequest:
+def build_request(
+    agent: Agent, values: dict[str, list[str]], default_model: str | None
+) -> GenerationRequest:
     spec = agent.spec
     messages: list[Message] = []
     if spec.parameters.system:
@@ -93,7 +95,9 @@ class Generator:
 
     async def generate(self, prepared: Prepared) -> Answer:
         generation = await self.run(prepared)
-        await self._record(prepared, generation.model, generation.usage, generation.latency_s, False)
+        await self._record(
+            prepared, generation.model, generation.usage, generation.latency_s, False
+        )
         return Answer(prepared.agent.spec.output.title, generation.text, generation)
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[str]:

@@ -91,9 +91,7 @@ def validate_inputs(
         if not present:
             if spec.required:
                 problems.append(
-                    Problem(
-                        f"input '{spec.name}' is required", "required", input=spec.name
-                    )
+                    Problem(f"input '{spec.name}' is required", "required", input=spec.name)
                 )
             continue
         problems.extend(_check_one(spec, present, check_files))

@@ -7,9 +7,10 @@ indistinguishable from one that does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from copydesk.agents import AgentSpec
 
@@ -113,8 +114,9 @@ class Store(Protocol):
         """Store ``spec`` (which has an id) as a new immutable version, status deployed."""
         ...
 
-    async def get_agent(self, org_id: str, agent_id: str, version: int | None = None) -> Agent | None:
-        ...
+    async def get_agent(
+        self, org_id: str, agent_id: str, version: int | None = None
+    ) -> Agent | None: ...
 
     async def list_agents(self, org_id: str, query: CursorQuery) -> CursorPage[Agent]: ...
 
@@ -128,3 +130,153 @@ class Store(Protocol):
     async def record_generation(self, record: GenerationRecord) -> None: ...
 
     async def list_generations(self, org_id: str, agent_id: str) -> list[GenerationRecord]: ...
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job, ready to be stored and queued."""
+
+    id: str
+    org_id: str
+    agent_id: str
+    agent_version: int
+    provider: str
+    inputs: list[dict[str, object]]
+    max_attempts: int
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    worker: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str  # completed | retry | failed | lease_expired | released
+    error_class: str | None = None
+    error: str | None = None
+    provider_latency_ms: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    org_id: str
+    agent_id: str
+    agent_version: int
+    provider: str
+    inputs: list[dict[str, object]]
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    result_title: str | None = None
+    result_suggestion: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class JobPage:
+    items: list[Job]
+    total: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one attempt, to be written once (see :meth:`JobStore.finish_attempts`).
+
+    ``kind``: ``completed`` writes the result; ``retry`` puts the job back in the queue at
+    ``available_at``; ``failed`` ends it with ``error``. Each applies only while the job is
+    still running under the same lease (owner and attempt number), except ``completed``,
+    which applies to any job not yet finished: the first result wins, later ones are dropped.
+    """
+
+    job_id: str
+    kind: str
+    owner: str
+    attempt: int
+    started_at: datetime
+    ended_at: datetime
+    title: str | None = None
+    suggestion: str | None = None
+    error: str | None = None
+    error_class: str | None = None
+    available_at: datetime | None = None
+    provider_latency_ms: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JobStore(Protocol):
+    """Durable job records: the API reads them, the engines move them along."""
+
+    async def create_jobs(
+        self, jobs: list[NewJob], enqueue: EnqueueHook | None = None
+    ) -> list[Job]:
+        """Store jobs (status queued); ``enqueue`` runs in the same transaction."""
+        ...
+
+    async def get_job(self, org_id: str | None, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, org_id: str, agent_id: str, statuses: tuple[str, ...] | None, offset: int, limit: int
+    ) -> JobPage: ...
+
+    async def list_attempts(self, job_id: str) -> list[Attempt]: ...
+
+    async def claim_jobs(self, provider: str, limit: int, owner: str, lease_s: float) -> list[Job]:
+        """Take up to ``limit`` runnable jobs of ``provider`` (queued and due, or running
+        with an expired lease), fairest first; mark them running under ``owner``."""
+        ...
+
+    async def start_job(self, job_id: str, owner: str, lease_s: float) -> Job | None:
+        """Mark one job running under ``owner`` unless it has finished; None if finished."""
+        ...
+
+    async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int: ...
+
+    async def release_jobs(self, owner: str, job_ids: list[str]) -> int:
+        """Give running jobs back to the queue (graceful shutdown)."""
+        ...
+
+    async def reap_expired(
+        self, enqueue: EnqueueHook | None = None, limit: int = 1000
+    ) -> list[Job]:
+        """Put running jobs whose lease expired back in the queue (their worker died)."""
+        ...
+
+    async def finish_attempts(self, outcomes: list[Outcome]) -> list[bool]:
+        """Write attempt ends in one transaction; True where the job's state changed."""
+        ...
+
+    async def retry_job(
+        self, org_id: str, job_id: str, extra_attempts: int, enqueue: EnqueueHook | None = None
+    ) -> Job:
+        """Put a failed job back in the queue under the same id, allowing
+        ``extra_attempts`` more attempts (raises JobNotRetryable if it has not failed)."""
+        ...
+
+    async def next_due(self, provider: str) -> datetime | None:
+        """When the earliest queued job of ``provider`` becomes due (None: nothing queued)."""
+        ...
+
+    async def active_providers(self) -> list[str]: ...
+
+
+#: Called inside the transaction that stores jobs: the queue engine adds its entries there.
+EnqueueHook = Callable[[Any, list[Job]], Awaitable[None]]

@@ -36,7 +36,7 @@ async def list_applications(
     before: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(description="page size, 0 to 100")] = 50,
-    type: Literal["generation"] | None = None,  # noqa: A002 - Writer's parameter name
+    type: Literal["generation"] | None = None,
 ) -> schemas.ApplicationList:
     del type  # every Copydesk agent is a generation agent
     page = await _app(request).catalog.page(

@@ -51,11 +51,15 @@ KEY_STATUS = {
 NOT_RETRYABLE = {400, 401, 403, 404, 405, 409, 413, 415, 422}
 
 
-def envelope(status: int, items: list[dict[str, Any]], extras: dict[str, Any] | None = None) -> dict[str, Any]:
+def envelope(
+    status: int, items: list[dict[str, Any]], extras: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"tpe": TPE.get(status, "Error"), "errors": items, "extras": extras or {}}
 
 
-def item(status: int, description: str, detail: str, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+def item(
+    status: int, description: str, detail: str, extras: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "description": description,
         "key": f"fail.{KEY_STATUS.get(status, 'error')}.{detail}",

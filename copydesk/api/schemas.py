@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from copydesk.store import Agent
+from copydesk.jobs import wire_status
+from copydesk.store import Agent, Attempt, Job
 
 
 def iso(value: datetime | None) -> str | None:
@@ -96,4 +97,105 @@ def application(agent: Agent) -> Application:
         last_deployed_at=iso(agent.last_deployed_at),
         version=agent.version,
         description=agent.spec.description,
+    )
+
+
+class JobCreateRequest(BaseModel):
+    inputs: list[GenerateInput]
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: Literal["in_progress", "failed", "completed"]
+    created_at: str
+
+
+class AttemptOut(BaseModel):
+    number: int
+    worker: str
+    started_at: str | None
+    ended_at: str | None
+    outcome: str
+    error_class: str | None = None
+    error: str | None = None
+    provider_latency_ms: int | None = None
+
+
+class JobUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class JobObject(BaseModel):
+    id: str
+    status: Literal["in_progress", "failed", "completed"]
+    application_id: str
+    created_at: str
+    updated_at: str | None = None
+    completed_at: str | None = None
+    data: GenerateResponse | None = None
+    error: str | None = None
+    # Copydesk extensions (extra keys; strict SDK clients accept them)
+    copydesk_status: str = Field(description="queued, running, completed, failed or cancelled")
+    agent_version: int
+    attempts_made: int
+    usage: JobUsage
+    attempts: list[AttemptOut] | None = Field(
+        default=None, description="every attempt (single-job reads only)"
+    )
+
+
+class Pagination(BaseModel):
+    offset: int
+    limit: int
+
+
+class JobList(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    result: list[JobObject]
+    total_count: int = Field(serialization_alias="totalCount", alias="totalCount")
+    pagination: Pagination
+
+
+def job_created(job: Job) -> JobCreated:
+    return JobCreated(
+        id=job.id, status=wire_status(job.status), created_at=iso(job.created_at) or ""
+    )
+
+
+def job_object(job: Job, attempts: list[Attempt] | None = None) -> JobObject:
+    data = None
+    if job.status == "completed":
+        data = GenerateResponse(title=job.result_title, suggestion=job.result_suggestion or "")
+    error = job.error if job.status in ("failed", "cancelled") else None
+    if job.status == "cancelled" and not error:
+        error = "cancelled"
+    return JobObject(
+        id=job.id,
+        status=wire_status(job.status),
+        application_id=job.agent_id,
+        created_at=iso(job.created_at) or "",
+        updated_at=iso(job.updated_at),
+        completed_at=iso(job.completed_at),
+        data=data,
+        error=error,
+        copydesk_status=job.status,
+        agent_version=job.agent_version,
+        attempts_made=job.attempts,
+        usage=JobUsage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens),
+        attempts=None
+        if attempts is None
+        else [
+            AttemptOut(
+                number=a.number,
+                worker=a.worker,
+                started_at=iso(a.started_at),
+                ended_at=iso(a.ended_at),
+                outcome=a.outcome,
+                error_class=a.error_class,
+                error=a.error,
+                provider_latency_ms=a.provider_latency_ms,
+            )
+            for a in attempts
+        ],
     )

@@ -8,23 +8,41 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from copydesk.agents import AgentSpec
+from copydesk.errors import JobNotFound, JobNotRetryable
+from copydesk.jobs import ACTIVE, wire_status
 from copydesk.store import (
     Agent,
     ApiKey,
+    Attempt,
     CursorPage,
     CursorQuery,
+    EnqueueHook,
     GenerationRecord,
+    Job,
+    JobPage,
+    NewJob,
     Organization,
+    Outcome,
 )
-from copydesk.stores.tables import agent_versions, agents, api_keys, generations, organizations
+from copydesk.stores.tables import (
+    agent_versions,
+    agents,
+    api_keys,
+    generations,
+    job_attempts,
+    jobs,
+    organizations,
+)
 
 
 def utcnow() -> datetime:
@@ -159,7 +177,9 @@ class SQLStore:
 
     async def count_api_keys(self) -> int:
         async with self._tx() as conn:
-            return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+            return int(
+                (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            )
 
     # --- agents ------------------------------------------------------------------------
 
@@ -360,16 +380,509 @@ def _api_key(row: Row[Any]) -> ApiKey:
 
 
 def _agent(row: Row[Any]) -> Agent:
+    spec = AgentSpec.model_validate(row.definition)
     return Agent(
         id=row.id,
         org_id=row.org_id,
-        name=row.name,
+        name=spec.name,  # the name of this version (agents.name is the current one's)
         status=row.status,
         version=row.ver,
-        spec=AgentSpec.model_validate(row.definition),
+        spec=spec,
         created_at=row.created_at,
         updated_at=row.updated_at,
         last_deployed_at=row.last_deployed_at,
         graph_ids=list(row.graph_ids or []),
     )
 
+
+class SQLJobStore:
+    """``JobStore`` over the same engine as :class:`SQLStore`."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self._store = store
+
+    @property
+    def dialect(self) -> str:
+        return self._store.engine.dialect.name
+
+    def _tx(self) -> Any:
+        return self._store._tx()
+
+    async def create_jobs(
+        self, new_jobs: list[NewJob], enqueue: EnqueueHook | None = None
+    ) -> list[Job]:
+        if not new_jobs:
+            return []
+        now = utcnow()
+        async with self._tx() as conn:
+            base: dict[str, int] = {}
+            for org_id in {j.org_id for j in new_jobs}:
+                base[org_id] = int(
+                    (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(jobs)
+                            .where(jobs.c.org_id == org_id, jobs.c.status.in_(ACTIVE))
+                        )
+                    ).scalar_one()
+                )
+            rows = []
+            for j in new_jobs:
+                base[j.org_id] += 1
+                rows.append(
+                    {
+                        "id": j.id,
+                        "org_id": j.org_id,
+                        "agent_id": j.agent_id,
+                        "agent_version": j.agent_version,
+                        "provider": j.provider,
+                        "inputs": j.inputs,
+                        "status": "queued",
+                        "priority": j.priority,
+                        "fair_rank": base[j.org_id],
+                        "attempts": 0,
+                        "max_attempts": j.max_attempts,
+                        "available_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                    }
+                )
+            await conn.execute(insert(jobs), rows)
+            created = [_job_from_dict(r) for r in rows]
+            if enqueue is not None:
+                await enqueue(conn, created)
+        return created
+
+    async def get_job(self, org_id: str | None, job_id: str) -> Job | None:
+        stmt = select(jobs).where(jobs.c.id == job_id)
+        if org_id is not None:
+            stmt = stmt.where(jobs.c.org_id == org_id)
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _job(row) if row else None
+
+    async def list_jobs(
+        self,
+        org_id: str,
+        agent_id: str,
+        statuses: tuple[str, ...] | None,
+        offset: int,
+        limit: int,
+    ) -> JobPage:
+        conditions = [jobs.c.org_id == org_id, jobs.c.agent_id == agent_id]
+        if statuses:
+            conditions.append(jobs.c.status.in_(statuses))
+        async with self._tx() as conn:
+            total = int(
+                (
+                    await conn.execute(select(func.count()).select_from(jobs).where(*conditions))
+                ).scalar_one()
+            )
+            rows = (
+                await conn.execute(
+                    select(jobs)
+                    .where(*conditions)
+                    .order_by(jobs.c.seq.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return JobPage(items=[_job(r) for r in rows], total=total)
+
+    async def list_attempts(self, job_id: str) -> list[Attempt]:
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    select(job_attempts)
+                    .join(jobs, jobs.c.seq == job_attempts.c.job_seq)
+                    .where(jobs.c.id == job_id)
+                    .order_by(job_attempts.c.number)
+                )
+            ).all()
+        return [
+            Attempt(
+                number=r.number,
+                worker=r.worker,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                outcome=r.outcome,
+                error_class=r.error_class,
+                error=r.error,
+                provider_latency_ms=r.provider_latency_ms,
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+            )
+            for r in rows
+        ]
+
+    def _running(self, owner: str, lease_s: float, now: datetime) -> dict[str, Any]:
+        return {
+            "status": "running",
+            "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            "attempts": jobs.c.attempts + 1,
+            "started_at": now,
+            "updated_at": now,
+        }
+
+    async def claim_jobs(self, provider: str, limit: int, owner: str, lease_s: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        now = utcnow()
+        pick = (
+            select(jobs.c.seq)
+            .where(
+                jobs.c.provider == provider,
+                jobs.c.status == "queued",
+                jobs.c.available_at <= now,
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.fair_rank, jobs.c.seq)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.seq.in_(pick.scalar_subquery()), jobs.c.status == "queued")
+            .values(**self._running(owner, lease_s, now))
+            .returning(*jobs.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        claimed = [_job(r) for r in rows]
+        claimed.sort(key=lambda j: (-j.priority, j.created_at))
+        return claimed
+
+    async def start_job(self, job_id: str, owner: str, lease_s: float) -> Job | None:
+        now = utcnow()
+        stmt = (
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                (jobs.c.status == "queued")
+                | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now)),
+            )
+            .values(**self._running(owner, lease_s, now))
+            .returning(*jobs.c)
+        )
+        async with self._tx() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _job(row) if row else None
+
+    async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int:
+        if not job_ids:
+            return 0
+        now = utcnow()
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id.in_(job_ids),
+                    jobs.c.lease_owner == owner,
+                    jobs.c.status == "running",
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+        return int(result.rowcount)
+
+    async def release_jobs(self, owner: str, job_ids: list[str]) -> int:
+        if not job_ids:
+            return 0
+        now = utcnow()
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(job_ids),
+                        jobs.c.lease_owner == owner,
+                        jobs.c.status == "running",
+                    )
+                    .values(
+                        status="queued",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        available_at=now,
+                        updated_at=now,
+                    )
+                    .returning(jobs.c.seq, jobs.c.attempts, jobs.c.started_at)
+                )
+            ).all()
+            for r in rows:
+                await self._upsert_attempt(
+                    conn,
+                    {
+                        "job_seq": r.seq,
+                        "number": r.attempts,
+                        "worker": owner,
+                        "started_at": r.started_at or now,
+                        "ended_at": now,
+                        "outcome": "released",
+                        "error_class": None,
+                        "error": "worker shut down before the attempt finished",
+                        "provider_latency_ms": None,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                    },
+                )
+        return len(rows)
+
+    async def reap_expired(
+        self, enqueue: EnqueueHook | None = None, limit: int = 1000
+    ) -> list[Job]:
+        """Put running jobs whose lease expired back in the queue (their worker died)."""
+        now = utcnow()
+        pick = (
+            select(jobs.c.seq)
+            .where(jobs.c.status == "running", jobs.c.lease_expires_at < now)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.seq.in_(pick.scalar_subquery()), jobs.c.status == "running")
+                    .values(
+                        status="queued",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        available_at=now,
+                        updated_at=now,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).all()
+            if not rows:
+                return []
+            # RETURNING gives the new values: the dead worker's name is gone, its attempt
+            # number (attempts) is kept.
+            for r in rows:
+                await self._upsert_attempt(
+                    conn,
+                    {
+                        "job_seq": r.seq,
+                        "number": r.attempts,
+                        "worker": "unknown",
+                        "started_at": r.started_at or now,
+                        "ended_at": now,
+                        "outcome": "lease_expired",
+                        "error_class": "lease_expired",
+                        "error": "the worker stopped renewing its lease (killed or stuck)",
+                        "provider_latency_ms": None,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                    },
+                    replace=False,
+                )
+            reaped = [_job(r) for r in rows]
+            if enqueue is not None:
+                await enqueue(conn, reaped)
+        return reaped
+
+    async def _upsert_attempt(
+        self, conn: AsyncConnection, values: dict[str, Any], *, replace: bool = True
+    ) -> None:
+        dialect_insert: Any = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = dialect_insert(job_attempts).values(**values)
+        keys = [job_attempts.c.job_seq, job_attempts.c.number]
+        if replace:
+            update_cols = {k: stmt.excluded[k] for k in values if k not in ("job_seq", "number")}
+            final = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols)
+        else:
+            final = stmt.on_conflict_do_nothing(index_elements=keys)
+        await conn.execute(final)
+
+    async def finish_attempts(self, outcomes: list[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        applied: list[bool] = []
+        async with self._tx() as conn:
+            for o in outcomes:
+                applied.append(await self._finish(conn, o))
+        return applied
+
+    async def _finish(self, conn: AsyncConnection, o: Outcome) -> bool:
+        same_lease = (
+            (jobs.c.status == "running")
+            & (jobs.c.lease_owner == o.owner)
+            & (jobs.c.attempts == o.attempt)
+        )
+        stmt = update(jobs).where(jobs.c.id == o.job_id)
+        if o.kind == "completed":
+            # The first result wins: any unfinished job takes it, a finished one never does.
+            stmt = stmt.where(jobs.c.status.in_(ACTIVE)).values(
+                status="completed",
+                result_title=o.title,
+                result_suggestion=o.suggestion,
+                error=None,
+                error_class=None,
+                completed_at=o.ended_at,
+                updated_at=o.ended_at,
+                lease_owner=None,
+                lease_expires_at=None,
+                prompt_tokens=jobs.c.prompt_tokens + o.prompt_tokens,
+                completion_tokens=jobs.c.completion_tokens + o.completion_tokens,
+            )
+        elif o.kind == "retry":
+            stmt = stmt.where(same_lease).values(
+                status="queued",
+                available_at=o.available_at or o.ended_at,
+                error=o.error,
+                error_class=o.error_class,
+                updated_at=o.ended_at,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        elif o.kind == "failed":
+            stmt = stmt.where(same_lease).values(
+                status="failed",
+                error=o.error,
+                error_class=o.error_class,
+                completed_at=o.ended_at,
+                updated_at=o.ended_at,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        else:
+            raise ValueError(f"unknown outcome kind {o.kind!r}")
+        result = await conn.execute(stmt.returning(jobs.c.seq))
+        seq = result.scalar_one_or_none()
+        if seq is None:
+            seq = (
+                await conn.execute(select(jobs.c.seq).where(jobs.c.id == o.job_id))
+            ).scalar_one_or_none()
+            if seq is None:
+                return False
+            changed = False
+        else:
+            changed = True
+        await self._upsert_attempt(
+            conn,
+            {
+                "job_seq": seq,
+                "number": o.attempt,
+                "worker": o.owner,
+                "started_at": o.started_at,
+                "ended_at": o.ended_at,
+                "outcome": o.kind if changed else f"{o.kind}_dropped",
+                "error_class": o.error_class,
+                "error": o.error,
+                "provider_latency_ms": o.provider_latency_ms,
+                "prompt_tokens": o.prompt_tokens,
+                "completion_tokens": o.completion_tokens,
+            },
+        )
+        return changed
+
+    async def retry_job(
+        self, org_id: str, job_id: str, extra_attempts: int, enqueue: EnqueueHook | None = None
+    ) -> Job:
+        now = utcnow()
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.status, jobs.c.attempts, jobs.c.max_attempts, jobs.c.seq)
+                    .where(jobs.c.org_id == org_id, jobs.c.id == job_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise JobNotFound(job_id)
+            if row.status != "failed":
+                raise JobNotRetryable(job_id, wire_status(row.status))
+            updated = (
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.seq == row.seq, jobs.c.status == "failed")
+                    .values(
+                        status="queued",
+                        error=None,
+                        error_class=None,
+                        completed_at=None,
+                        available_at=now,
+                        updated_at=now,
+                        # a fresh allowance of attempts for this run
+                        max_attempts=row.attempts + extra_attempts,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).first()
+            assert updated is not None
+            job = _job(updated)
+            if enqueue is not None:
+                await enqueue(conn, [job])
+        return job
+
+    async def next_due(self, provider: str) -> datetime | None:
+        async with self._tx() as conn:
+            value = (
+                await conn.execute(
+                    select(func.min(jobs.c.available_at)).where(
+                        jobs.c.provider == provider, jobs.c.status == "queued"
+                    )
+                )
+            ).scalar_one_or_none()
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    async def active_providers(self) -> list[str]:
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.provider).where(jobs.c.status.in_(ACTIVE)).distinct()
+                )
+            ).all()
+        return [r.provider for r in rows]
+
+
+def _job_from_dict(values: dict[str, Any]) -> Job:
+    return Job(
+        id=values["id"],
+        org_id=values["org_id"],
+        agent_id=values["agent_id"],
+        agent_version=values["agent_version"],
+        provider=values["provider"],
+        inputs=values["inputs"],
+        status=values["status"],
+        priority=values["priority"],
+        attempts=values["attempts"],
+        max_attempts=values["max_attempts"],
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+        available_at=values["available_at"],
+    )
+
+
+def _job(row: Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        org_id=m["org_id"],
+        agent_id=m["agent_id"],
+        agent_version=m["agent_version"],
+        provider=m["provider"],
+        inputs=m["inputs"],
+        status=m["status"],
+        priority=m["priority"],
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        available_at=m["available_at"],
+        started_at=m["started_at"],
+        completed_at=m["completed_at"],
+        lease_owner=m["lease_owner"],
+        lease_expires_at=m["lease_expires_at"],
+        result_title=m["result_title"],
+        result_suggestion=m["result_suggestion"],
+        error=m["error"],
+        error_class=m["error_class"],
+        prompt_tokens=m["prompt_tokens"],
+        completion_tokens=m["completion_tokens"],
+    )

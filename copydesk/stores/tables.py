@@ -17,8 +17,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -118,4 +120,86 @@ generations = Table(
     Column("streamed", Boolean, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_generations_org_id_agent_id", "org_id", "agent_id"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("agent_id", String(100), nullable=False),
+    Column("agent_version", Integer, nullable=False),
+    Column("provider", String(100), nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    # Position of the job in its organisation's backlog when it was queued: claiming the
+    # lowest rank first serves organisations round-robin (fair sharing).
+    Column("fair_rank", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("available_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(100), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("result_title", String(500), nullable=True),
+    Column("result_suggestion", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("error_class", String(40), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    # J3: an application's jobs, newest first, with and without a status filter.
+    Index("ix_jobs_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
+    Index("ix_jobs_org_id_agent_id_status_seq", "org_id", "agent_id", "status", "seq"),
+    # The fair rank of a new job counts its organisation's active jobs.
+    Index("ix_jobs_org_id_status", "org_id", "status"),
+    # Claiming: only queued rows are indexed, in claim order.
+    Index(
+        "ix_jobs_claim",
+        "provider",
+        "priority",
+        "fair_rank",
+        "seq",
+        postgresql_where=text("status = 'queued'"),
+        sqlite_where=text("status = 'queued'"),
+    ),
+    # Reaping expired leases: only running rows.
+    Index(
+        "ix_jobs_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+)
+
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("job_seq", SeqType, ForeignKey("jobs.seq"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("worker", String(100), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("error_class", String(40), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("provider_latency_ms", Integer, nullable=True),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+)
+
+# Shared flow control (PostgreSQL deployments): one row per request started in the last
+# minute, per provider. See copydesk.limiters.postgres.
+rate_events = Table(
+    "rate_events",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("provider", String(100), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Index("ix_rate_events_provider_at", "provider", "at"),
 )

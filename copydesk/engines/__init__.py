@@ -1,0 +1,1 @@
+"""Dispatch engines (adapters of :class:`copydesk.queue.Queue`)."""

@@ -1,0 +1,113 @@
+"""Flow control: requests and tokens per minute per provider, shared by every worker.
+
+The ``FlowControl`` port hands out permits. Concurrency (calls in flight) is bounded by
+the dispatch engine; this port bounds the *rate*. Windows are sliding (exact): in any
+60 s no more than the configured requests or tokens start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.requests_per_minute is None and self.tokens_per_minute is None
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Leave to start one request; ``ref`` lets the implementation find its record."""
+
+    provider: str
+    tokens: int
+    ref: object = None
+
+
+class FlowControl(Protocol):
+    async def acquire(self, provider: str, tokens: int) -> Permit:
+        """Wait until one request of ``tokens`` estimated tokens may start now."""
+        ...
+
+    async def settle(self, permit: Permit, actual_tokens: int) -> None:
+        """Correct the token count of a finished request (estimate -> actual)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def window_wait(
+    events: deque[tuple[float, int]],
+    now: float,
+    requests: int | None,
+    tokens: int | None,
+    cost: int,
+) -> float:
+    """Seconds until a request of ``cost`` tokens fits the window (0: it fits now)."""
+    while events and events[0][0] <= now - WINDOW_S:
+        events.popleft()
+    waits = [0.0]
+    if requests is not None and len(events) >= requests:
+        waits.append(events[len(events) - requests][0] + WINDOW_S - now)
+    if tokens is not None:
+        used = sum(t for _, t in events)
+        if used + cost > tokens and events:
+            # Drop the oldest events until the cost fits; wait for the last one dropped.
+            need, freed = used + cost - tokens, 0
+            for at, t in events:
+                freed += t
+                if freed >= need:
+                    waits.append(at + WINDOW_S - now)
+                    break
+    return max(waits)
+
+
+class MemoryFlowControl:
+    """Exact sliding windows in this process (the embedded, one-process deployment)."""
+
+    def __init__(self, limits: dict[str, Limits]) -> None:
+        self._limits = limits
+        self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def acquire(self, provider: str, tokens: int) -> Permit:
+        limits = self._limits.get(provider)
+        if limits is None or limits.unlimited:
+            return Permit(provider, tokens)
+        lock = self._locks.setdefault(provider, asyncio.Lock())
+        events = self._events.setdefault(provider, deque())
+        async with lock:  # one waiter at a time keeps the order fair
+            cost = min(tokens, limits.tokens_per_minute or tokens)
+            while True:
+                now = time.monotonic()
+                wait = window_wait(
+                    events, now, limits.requests_per_minute, limits.tokens_per_minute, cost
+                )
+                if wait <= 0:
+                    events.append((now, cost))
+                    return Permit(provider, cost, now)
+                await asyncio.sleep(wait)
+
+    async def settle(self, permit: Permit, actual_tokens: int) -> None:
+        events = self._events.get(permit.provider)
+        if not events or permit.ref is None or permit.tokens == actual_tokens:
+            return
+        for index in range(len(events) - 1, -1, -1):
+            at, t = events[index]
+            if at == permit.ref and t == permit.tokens:
+                events[index] = (at, max(0, actual_tokens))
+                return
+
+    async def close(self) -> None:
+        return None

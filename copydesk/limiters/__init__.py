@@ -1,0 +1,1 @@
+"""Flow control implementations (adapters of :class:`copydesk.flow.FlowControl`)."""

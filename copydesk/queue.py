@@ -1,0 +1,55 @@
+"""The ``Queue`` port: how stored jobs reach workers.
+
+Two engines implement it (:mod:`copydesk.engines`): the embedded one claims straight
+from the jobs table; PgQueuer dispatches entries it keeps beside the jobs table, written
+in the same transaction. Everything above this port (the API, the executor, leases,
+retries, results) is the same code for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from copydesk.store import EnqueueHook, Job
+
+#: Runs one claimed job to an outcome; the engine calls it, bounded by its concurrency.
+JobRunner = Callable[[Job], Coroutine[Any, Any, None]]
+#: Marks one job (by id) running under this worker; None when it should be skipped.
+JobStarter = Callable[[str], Awaitable[Job | None]]
+
+
+class Queue(Protocol):
+    name: str
+
+    @property
+    def enqueue_hook(self) -> EnqueueHook | None:
+        """Called inside the transaction that stores (or re-queues) jobs."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def notify(self) -> None:
+        """New work was stored by this process (a hint; engines also poll)."""
+        ...
+
+    async def consume(
+        self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
+    ) -> None:
+        """Feed jobs to ``run`` until ``stop`` is set, then return without claiming more.
+
+        ``run`` must be awaited to completion for every job handed over; the worker
+        bounds how long that may take after ``stop``.
+        """
+        ...
+
+    def inflight(self) -> list[str]:
+        """Ids of the jobs this consumer is running now (for lease renewal)."""
+        ...
+
+    def cancel_inflight(self) -> None:
+        """Cancel the running jobs (shutdown deadline passed); their runners release them."""
+        ...

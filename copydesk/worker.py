@@ -1,0 +1,285 @@
+"""The worker: runs claimed jobs to an outcome, renews leases, reaps dead workers' jobs.
+
+The same code runs inside ``copydesk serve`` (embedded default) and in any number of
+``copydesk worker`` processes; only the :class:`~copydesk.queue.Queue` engine differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from copydesk.errors import CopydeskError, InvalidRequest, NotFound
+from copydesk.flow import FlowControl
+from copydesk.generation import Generator
+from copydesk.jobs import Failure, RetryPolicy, classify
+from copydesk.provider import Message
+from copydesk.queue import Queue
+from copydesk.store import Job, JobStore, Outcome
+
+log = logging.getLogger("copydesk.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutcomeWriter:
+    """Writes attempt outcomes in batches: everything that finished meanwhile, one commit.
+
+    ``write`` returns once the outcome is durable (or raises), so a job is never reported
+    done before its result is stored.
+    """
+
+    def __init__(self, jobs: JobStore) -> None:
+        self._jobs = jobs
+        self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="outcome-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._flush()
+
+    async def write(self, outcome: Outcome) -> bool:
+        if self._task is None:  # not started: write straight through
+            return (await self._jobs.finish_attempts([outcome]))[0]
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, future))
+        self._wake.set()
+        return await asyncio.shield(future)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:500], self._pending[500:]
+            try:
+                results = await self._jobs.finish_attempts([o for o, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), applied in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(applied)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    lease_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class Executor:
+    """Runs one job attempt: prepare, respect flow control, call the provider, record."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        generator: Generator,
+        flow: FlowControl,
+        writer: OutcomeWriter,
+        owner: str,
+        policy: RetryPolicy,
+        lease_s: float,
+    ) -> None:
+        self._jobs = jobs
+        self._generator = generator
+        self._flow = flow
+        self._writer = writer
+        self.owner = owner
+        self._policy = policy
+        self._lease_s = lease_s
+
+    async def start(self, job_id: str) -> Job | None:
+        return await self._jobs.start_job(job_id, self.owner, self._lease_s)
+
+    async def run(self, job: Job) -> None:
+        started = job.started_at or _now()
+        base = Outcome(
+            job_id=job.id,
+            kind="",
+            owner=self.owner,
+            attempt=job.attempts,
+            started_at=started,
+            ended_at=started,
+        )
+        try:
+            outcome = await self._attempt(job, base)
+        except asyncio.CancelledError:
+            # Shutdown deadline: give the job back so another worker runs it now.
+            await asyncio.shield(self._jobs.release_jobs(self.owner, [job.id]))
+            raise
+        await self._writer.write(outcome)
+
+    async def _attempt(self, job: Job, base: Outcome) -> Outcome:
+        latency_ms: int | None = None
+        try:
+            prepared = await self._generator.prepare(
+                job.org_id, job.agent_id, job.inputs, version=job.agent_version
+            )
+            estimate = _estimate_tokens(prepared.request.messages) + prepared.request.max_tokens
+            permit = await self._flow.acquire(prepared.provider, estimate)
+            called = time.perf_counter()
+            try:
+                generation = await self._generator.run(prepared)
+            finally:
+                latency_ms = round((time.perf_counter() - called) * 1000)
+            await self._flow.settle(permit, generation.usage.total_tokens)
+        except asyncio.CancelledError:
+            raise
+        except (InvalidRequest, NotFound) as exc:
+            # The agent version or its inputs no longer make sense: nothing to retry.
+            failure = Failure("invalid", exc.message, False)
+            return self._failed(job, base, failure, latency_ms)
+        except Exception as exc:
+            if not isinstance(exc, CopydeskError):
+                log.exception("job %s: unexpected error", job.id)
+            failure = classify(exc)
+            if self._policy.should_retry(failure, job.attempts):
+                delay = self._policy.delay(job.attempts, failure.retry_after_s)
+                now = _now()
+                return replace(
+                    base,
+                    kind="retry",
+                    ended_at=now,
+                    error=failure.message,
+                    error_class=failure.error_class,
+                    provider_latency_ms=latency_ms,
+                    available_at=now + timedelta(seconds=delay),
+                )
+            return self._failed(job, base, failure, latency_ms)
+        return replace(
+            base,
+            kind="completed",
+            ended_at=_now(),
+            title=prepared.agent.spec.output.title,
+            suggestion=generation.text,
+            provider_latency_ms=latency_ms,
+            prompt_tokens=generation.usage.prompt_tokens,
+            completion_tokens=generation.usage.completion_tokens,
+        )
+
+    def _failed(self, job: Job, base: Outcome, failure: Failure, latency_ms: int | None) -> Outcome:
+        message = failure.message
+        if failure.transient:
+            message = (
+                f"gave up after {job.attempts} attempt(s); the last error was "
+                f"{failure.error_class}: {failure.message}"
+            )
+        return replace(
+            base,
+            kind="failed",
+            ended_at=_now(),
+            error=message,
+            error_class=failure.error_class,
+            provider_latency_ms=latency_ms,
+        )
+
+
+def _estimate_tokens(messages: Sequence[Message]) -> int:
+    text = " ".join(str(getattr(m, "content", "")) for m in messages)
+    return max(1, len(text) // 4)
+
+
+class Worker:
+    """One consuming worker: an engine, an executor, lease renewal and a reaper."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        queue: Queue,
+        generator: Generator,
+        flow: FlowControl,
+        options: WorkerOptions,
+        owner: str | None = None,
+    ) -> None:
+        self.owner = owner or worker_name()
+        self._jobs = jobs
+        self._queue = queue
+        self._options = options
+        self._writer = OutcomeWriter(jobs)
+        self.executor = Executor(
+            jobs, generator, flow, self._writer, self.owner, options.policy, options.lease_s
+        )
+        self.stop_event = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; then finish or release in-flight jobs in the grace time."""
+        self._writer.start()
+        helpers = [
+            asyncio.create_task(self._renew_leases(), name="lease-renewal"),
+            asyncio.create_task(self._reap(), name="reaper"),
+        ]
+        consumer = asyncio.create_task(
+            self._queue.consume(
+                self.executor.run, self.executor.start, self.owner, self.stop_event
+            ),
+            name="consumer",
+        )
+        try:
+            await self.stop_event.wait()
+            done, _ = await asyncio.wait({consumer}, timeout=self._options.shutdown_grace_s)
+            if not done:
+                log.warning("shutdown grace time over: releasing in-flight jobs")
+                self._queue.cancel_inflight()
+                await asyncio.wait({consumer}, timeout=10)
+        finally:
+            consumer.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(consumer, *helpers, return_exceptions=True)
+            await self._writer.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _renew_leases(self) -> None:
+        interval = self._options.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._jobs.renew_leases(
+                    self.owner, self._queue.inflight(), self._options.lease_s
+                )
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _reap(self) -> None:
+        interval = max(0.5, self._options.lease_s / 2)
+        while True:
+            try:
+                reaped = await self._jobs.reap_expired(self._queue.enqueue_hook)
+                if reaped:
+                    log.warning("re-queued %d job(s) whose worker stopped", len(reaped))
+                    self._queue.notify()
+            except Exception:
+                log.exception("reaping expired leases failed")
+            await asyncio.sleep(interval)
