@@ -246,8 +246,25 @@ def load_agent_file(path: Path, *, write_back_id: bool = True) -> AgentSpec:
         new_id = str(uuid.uuid4())
         spec = spec.model_copy(update={"id": new_id})
         if write_back_id:
-            path.write_text(f"id: {new_id}\n{text}", encoding="utf-8")
+            path.write_text(_with_id(text, new_id), encoding="utf-8")
     return spec
+
+
+_BLANK_ID_RE = re.compile(r"^id:[ \t]*(?:null|Null|NULL|~)?[ \t]*(?:#.*)?\r?$", re.MULTILINE)
+_DOCUMENT_START_RE = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def _with_id(text: str, new_id: str) -> str:
+    """``text`` with ``id: new_id`` as its top-level id, keeping the rest as written."""
+    line = f"id: {new_id}"
+    # An empty `id:` key is filled in: a second `id` key would win over the one we add.
+    if _BLANK_ID_RE.search(text):
+        return _BLANK_ID_RE.sub(line, text, count=1)
+    # After a `---` start marker (and any directives before it), not ahead of them.
+    start = _DOCUMENT_START_RE.search(text)
+    if start is not None:
+        return f"{text[: start.end()]}\n{line}{text[start.end() :]}"
+    return f"{line}\n{text}"
 
 
 def agent_files(paths: list[Path]) -> list[Path]:

@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -65,8 +66,15 @@ def run(settings: Settings, body: Callable[[App], Awaitable[T]]) -> T:
         async with App(settings) as app:
             return await body(app)
 
-    try:
+    with exit_codes():
         return asyncio.run(main())
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Our errors become a message on stderr and an exit code, not a traceback."""
+    try:
+        yield
     except AgentDefinitionInvalid as exc:
         err.print(f"[red]Invalid agent definition[/red] in {escape(exc.source)}:")
         for problem in exc.problems:
@@ -141,7 +149,8 @@ def serve(
                 sys.stdout.flush()
             await serve_task
 
-    asyncio.run(main())
+    with exit_codes():
+        asyncio.run(main())
 
 
 @cli.command()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from copydesk.errors import CopydeskError
@@ -22,11 +24,33 @@ class PromptRenderError(CopydeskError):
     """The template failed at render time (for example it indexed past a list's end)."""
 
 
+MAX_POWER = 64
+MAX_REPEAT = 10_000
+
+
+class PromptSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, plus bounds on ``**`` and ``*`` so a template cannot
+    burn CPU or memory (``{{ 2 ** 10**9 }}``, ``{{ 'x' * 10**9 }}``)."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
+            raise SecurityError(f"exponent {right} is larger than {MAX_POWER}")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(count, int)
+                    and count * max(1, len(seq)) > MAX_REPEAT
+                ):
+                    raise SecurityError("repeating a value that many times is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
+def _environment() -> PromptSandbox:
+    return PromptSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 @lru_cache(maxsize=512)

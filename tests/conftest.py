@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,22 +34,15 @@ def require_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No COPYDESK_* or WRITER_* variable leaks into a test; data and cache dirs are tmp."""
     for name in list(os.environ):
         if name.startswith(("COPYDESK_", "WRITER_")):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COPYDESK_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COPYDESK_CACHE_DIR", str(tmp_path / "cache"))
-    yield
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(pytest.mark.usefixtures("postgres_required"))
-
-
-@pytest.fixture
-def postgres_required() -> None:
-    require_service("PostgreSQL", PG_HOST, PG_PORT)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgres") is not None:
+        require_service("PostgreSQL", PG_HOST, PG_PORT)

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from copydesk.config import ProviderSettings, Settings
 
 _ERROR_TEXT_LIMIT = 500
-_SHARD_CONNECTIONS = 32
+_SHARD_CONNECTIONS = 16
 
 
 @dataclass

@@ -143,8 +143,12 @@ class ListeningProcess:
         )
         self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout_s) or self.url is None:
-            code = self._process.poll()
+        ended = self._ready.wait(timeout_s) and self.url is None
+        if self.url is None:
+            try:  # it closed its output: it is exiting (or has), so its code is known
+                code = self._process.wait(STOP_TIMEOUT_S) if ended else self._process.poll()
+            except subprocess.TimeoutExpired:
+                code = None
             self.stop()
             pytest.fail(
                 f"{' '.join(self.command[1:])} did not print {self.prefix} within "

@@ -387,8 +387,8 @@ def test_wrong_key_is_401(server: CopydeskServer, key: str) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer", "Bearer    ", "Basic dXNlcjpwYXNz", "cd_000000000000_nope"],
-    ids=["no-token", "blank-token", "basic", "no-scheme"],
+    ["Bearer", "Basic dXNlcjpwYXNz", "cd_000000000000_nope"],
+    ids=["no-token", "basic", "no-scheme"],
 )
 def test_malformed_authorization_header_is_401(server: CopydeskServer, header: str) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as raw:
@@ -744,17 +744,20 @@ DOWN_AGENT = (
 TOPIC: list[Any] = [{"id": "topic", "value": ["tea"]}]
 
 
-@pytest.fixture
-def upstream_failures(launch: Any, tmp_path: Path) -> Iterator[tuple[CopydeskServer, Any]]:
+@pytest.fixture(scope="module")
+def upstream_failures(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CopydeskServer, MidStreamFailure]]:
     """A server whose agents use a provider that breaks mid-stream and one that is down."""
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()  # nothing listens there any more: connections are refused
-    agents = tmp_path / "agents"
+    agents = tmp_path_factory.mktemp("upstream-agents")
     write_agent(agents, "broken.yaml", BROKEN_AGENT)
     write_agent(agents, "down.yaml", DOWN_AGENT)
     with MidStreamFailure() as upstream:
-        server = launch(
+        server = CopydeskServer(
+            tmp_path_factory.mktemp("upstream") / "data",
             agents=[agents],
             env={
                 "COPYDESK_PROVIDERS__BROKEN__KIND": "openai",
@@ -762,10 +765,13 @@ def upstream_failures(launch: Any, tmp_path: Path) -> Iterator[tuple[CopydeskSer
                 "COPYDESK_PROVIDERS__BROKEN__MODEL": "fake-model",
                 "COPYDESK_PROVIDERS__DOWN__KIND": "openai",
                 "COPYDESK_PROVIDERS__DOWN__BASE_URL": f"http://127.0.0.1:{closed_port}/v1",
-                "COPYDESK_PROVIDERS__DOWN__CONNECT_TIMEOUT_S": "2",
             },
         )
-        yield server, upstream
+        server.start()
+        try:
+            yield server, upstream
+        finally:
+            server.stop()
 
 
 async def drain(stream: writerai.AsyncStream[Any], into: list[str]) -> None:
@@ -799,9 +805,10 @@ def test_error_after_the_stream_started_raises_in_the_sdk(
     assert received == ["Hel", "lo"]  # what came before the failure was delivered
     assert type(caught.value) is writerai.APIStatusError
     check_stream_error(caught.value)
-    assert upstream.requests[0]["stream"] is True
-    assert upstream.requests[0]["model"] == "fake-model"
-    assert upstream.requests[0]["messages"][-1]["content"] == "Write about tea"
+    sent = upstream.requests[-1]
+    assert sent["stream"] is True
+    assert sent["model"] == "fake-model"
+    assert sent["messages"][-1]["content"] == "Write about tea"
     assert server.generation_count() == before  # a failed stream records nothing
 
 

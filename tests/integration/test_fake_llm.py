@@ -123,7 +123,7 @@ async def test_reject_400_and_max_tokens(fake: FakeLLMServer, client: httpx.Asyn
 
 
 async def test_records_peak_concurrency(fake: FakeLLMServer, client: httpx.AsyncClient) -> None:
-    fake.configure(latency_s=0.3)
+    fake.configure(latency_s=0.8)  # long enough for all 30 to arrive on a busy machine
 
     responses = await asyncio.gather(
         *(client.post("/v1/chat/completions", json=chat()) for _ in range(30))

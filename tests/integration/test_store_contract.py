@@ -5,8 +5,10 @@ Only the port's methods are used here: what one store does, every store must do.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +17,7 @@ from copydesk.agents import AgentSpec, parse_agent
 from copydesk.store import Agent, CursorPage, CursorQuery, GenerationRecord, Order, Store
 
 N_AGENTS = 125
+ORDERS: tuple[Order, ...] = ("desc", "asc")
 
 
 def spec(
@@ -285,7 +288,7 @@ async def test_set_graphs_of_unknown_agent_returns_none(store: Store) -> None:
 # --- generations ----------------------------------------------------------------------
 
 
-def generation(org_id: str, agent_id: str, at: datetime, **changes: object) -> GenerationRecord:
+def generation(org_id: str, agent_id: str, at: datetime, **changes: Any) -> GenerationRecord:
     record = GenerationRecord(
         id=str(uuid.uuid4()),
         org_id=org_id,
@@ -299,7 +302,7 @@ def generation(org_id: str, agent_id: str, at: datetime, **changes: object) -> G
         streamed=False,
         created_at=at,
     )
-    return GenerationRecord(**{**record.__dict__, **changes})  # type: ignore[arg-type]
+    return dataclasses.replace(record, **changes)
 
 
 async def test_record_and_list_generations(store: Store) -> None:
@@ -351,7 +354,7 @@ async def test_after_walks_forward_through_every_agent(many: tuple[Store, str]) 
     assert ids(default) == [name(i) for i in range(124, 74, -1)]
     assert default.has_more is True
 
-    for order in ("desc", "asc"):
+    for order in ORDERS:
         seen: list[str] = []
         sizes: list[int] = []
         page = await store.list_agents(org_id, CursorQuery(limit=50, order=order))
@@ -375,7 +378,7 @@ async def test_after_walks_forward_through_every_agent(many: tuple[Store, str]) 
 
 async def test_before_walks_backward_through_every_agent(many: tuple[Store, str]) -> None:
     store, org_id = many
-    for order in ("desc", "asc"):
+    for order in ORDERS:
         seen: list[str] = []
         sizes: list[int] = []
         last = listing(order)[-1]
@@ -397,7 +400,7 @@ async def test_before_walks_backward_through_every_agent(many: tuple[Store, str]
     assert (ids(desc), desc.has_more) == ([name(i) for i in range(60, 50, -1)], True)
     assert (ids(asc), asc.has_more) == ([name(i) for i in range(40, 50)], True)
     # The first item of a listing has nothing before it.
-    for order in ("desc", "asc"):
+    for order in ORDERS:
         first = listing(order)[0]
         page = await store.list_agents(org_id, CursorQuery(limit=10, order=order, before=first))
         assert (page.items, page.has_more) == ([], False), order
@@ -449,7 +452,7 @@ async def test_unknown_cursor_gives_an_empty_page(many: tuple[Store, str]) -> No
 
 async def test_has_more_at_the_limit_boundary(many: tuple[Store, str]) -> None:
     store, org_id = many
-    for order in ("desc", "asc"):
+    for order in ORDERS:
         # Ten agents lie beyond the cursor in listing order.
         cursor = listing(order)[-11]
         rest = listing(order)[-10:]

@@ -87,8 +87,7 @@ def test_unknown_option_names_the_full_path() -> None:
     inputs = [{"name": "topics", "input_type": "text", "options": {"max_field": 3}}]
 
     assert problems_of(definition(inputs=inputs, prompt="{{ topics }}")) == [
-        "field 'inputs.0.options.max_field' is not a known field: "
-        "remove it or check its spelling"
+        "field 'inputs.0.options.max_field' is not a known field: remove it or check its spelling"
     ]
 
 
@@ -144,8 +143,7 @@ def test_duplicate_input_names() -> None:
     document["inputs"].append({"name": "tone", "input_type": "text"})
 
     assert problems_of(document) == [
-        "field 'inputs': input name 'tone' is used twice; rename one of them "
-        "(names must be unique)"
+        "field 'inputs': input name 'tone' is used twice; rename one of them (names must be unique)"
     ]
 
 
@@ -310,3 +308,39 @@ def test_load_agent_file_names_the_file_it_cannot_read(tmp_path: Path) -> None:
 
     assert caught.value.source == str(path)
     assert caught.value.problems[0].startswith("cannot read the file: ")
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        ("---\nname: A\nprompt: hi\n", "---\nid: {id}\nname: A\nprompt: hi\n"),
+        (
+            "%YAML 1.1\n--- # agent\nname: A\nprompt: hi\n",
+            "%YAML 1.1\n--- # agent\nid: {id}\nname: A\nprompt: hi\n",
+        ),
+        ("name: A\nid:\nprompt: hi\n", "name: A\nid: {id}\nprompt: hi\n"),
+        (
+            "id: null  # set on first deploy\nname: A\nprompt: hi\n",
+            "id: {id}\nname: A\nprompt: hi\n",
+        ),
+        ("id: ~\nname: A\nprompt: hi\n", "id: {id}\nname: A\nprompt: hi\n"),
+        (
+            "# the welcome agent\nname: A\nprompt: hi\n",
+            "id: {id}\n# the welcome agent\nname: A\nprompt: hi\n",
+        ),
+    ],
+    ids=["document-start", "directive", "blank-id", "null-id", "tilde-id", "comment"],
+)
+def test_the_written_back_id_holds_whatever_the_file_looks_like(
+    tmp_path: Path, original: str, expected: str
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(original, encoding="utf-8")
+
+    first = load_agent_file(path)
+    second = load_agent_file(path)
+    third = load_agent_file(path)
+
+    assert first.id is not None
+    assert path.read_text(encoding="utf-8") == expected.format(id=first.id)
+    assert second.id == third.id == first.id

@@ -79,9 +79,7 @@ def test_missing_required_input(agent: AgentSpec) -> None:
 
 
 def test_required_input_with_no_values_is_missing(agent: AgentSpec) -> None:
-    assert rules(problems(agent, [("topics", ["a", "b"]), ("tone", [])])) == [
-        ("tone", "required")
-    ]
+    assert rules(problems(agent, [("topics", ["a", "b"]), ("tone", [])])) == [("tone", "required")]
 
 
 def test_min_fields(agent: AgentSpec) -> None:
@@ -182,7 +180,9 @@ def test_the_error_message_lists_every_problem(agent: AgentSpec) -> None:
 
 
 def test_parse_inputs_accepts_arrays_and_a_single_string() -> None:
-    items, found = parse_inputs([{"id": "topics", "value": ["a", "b"]}, {"id": "tone", "value": "warm"}])
+    items, found = parse_inputs(
+        [{"id": "topics", "value": ["a", "b"]}, {"id": "tone", "value": "warm"}]
+    )
 
     assert found == []
     assert items == [("topics", ["a", "b"]), ("tone", ["warm"])]
