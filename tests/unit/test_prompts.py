@@ -129,7 +129,7 @@ def test_render_errors_are_copydesk_errors() -> None:
 )
 def test_sandbox_bounds_cpu_and_memory_heavy_operators(template: str) -> None:
     spec = parse_agent({"name": "greedy", "prompt": template}, "greedy.yaml")
-    with pytest.raises(PromptRenderError, match="not allowed|larger than"):
+    with pytest.raises(PromptRenderError, match=r"not allowed|larger than"):
         render_prompt(spec, {})
 
 
