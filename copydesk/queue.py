@@ -28,6 +28,13 @@ class Queue(Protocol):
         """Called inside the transaction that stores (or re-queues) jobs."""
         ...
 
+    @property
+    def reap_grace_s(self) -> float:
+        """How long after a lease expires the worker's reaper re-queues the job. The
+        embedded engine relies on the reaper (0); PgQueuer re-picks a dead worker's
+        entries itself, so the reaper there is only a late safety net."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

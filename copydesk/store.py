@@ -188,6 +188,7 @@ class Job:
     error_class: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    fair_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,18 +251,24 @@ class JobStore(Protocol):
 
     async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int: ...
 
-    async def release_jobs(self, owner: str, job_ids: list[str]) -> int:
+    async def release_jobs(
+        self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
+    ) -> int:
         """Give running jobs back to the queue (graceful shutdown)."""
         ...
 
     async def reap_expired(
-        self, enqueue: EnqueueHook | None = None, limit: int = 1000
+        self, enqueue: EnqueueHook | None = None, limit: int = 1000, grace_s: float = 0.0
     ) -> list[Job]:
-        """Put running jobs whose lease expired back in the queue (their worker died)."""
+        """Put running jobs whose lease expired more than ``grace_s`` ago back in the
+        queue (their worker died)."""
         ...
 
-    async def finish_attempts(self, outcomes: list[Outcome]) -> list[bool]:
-        """Write attempt ends in one transaction; True where the job's state changed."""
+    async def finish_attempts(
+        self, outcomes: list[Outcome], enqueue: EnqueueHook | None = None
+    ) -> list[bool]:
+        """Write attempt ends in one transaction; True where the job's state changed.
+        ``enqueue`` receives the jobs put back in the queue (retries), in that transaction."""
         ...
 
     async def retry_job(

@@ -23,7 +23,7 @@ from copydesk.generation import Generator
 from copydesk.jobs import Failure, RetryPolicy, classify
 from copydesk.provider import Message
 from copydesk.queue import Queue
-from copydesk.store import Job, JobStore, Outcome
+from copydesk.store import EnqueueHook, Job, JobStore, Outcome
 
 log = logging.getLogger("copydesk.worker")
 
@@ -43,8 +43,9 @@ class OutcomeWriter:
     done before its result is stored.
     """
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobStore, enqueue: EnqueueHook | None = None) -> None:
         self._jobs = jobs
+        self._enqueue = enqueue
         self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +64,7 @@ class OutcomeWriter:
 
     async def write(self, outcome: Outcome) -> bool:
         if self._task is None:  # not started: write straight through
-            return (await self._jobs.finish_attempts([outcome]))[0]
+            return (await self._jobs.finish_attempts([outcome], self._enqueue))[0]
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((outcome, future))
         self._wake.set()
@@ -79,7 +80,7 @@ class OutcomeWriter:
         while self._pending:
             batch, self._pending = self._pending[:500], self._pending[500:]
             try:
-                results = await self._jobs.finish_attempts([o for o, _ in batch])
+                results = await self._jobs.finish_attempts([o for o, _ in batch], self._enqueue)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -109,7 +110,9 @@ class Executor:
         owner: str,
         policy: RetryPolicy,
         lease_s: float,
+        enqueue: EnqueueHook | None = None,
     ) -> None:
+        self._enqueue = enqueue
         self._jobs = jobs
         self._generator = generator
         self._flow = flow
@@ -135,7 +138,7 @@ class Executor:
             outcome = await self._attempt(job, base)
         except asyncio.CancelledError:
             # Shutdown deadline: give the job back so another worker runs it now.
-            await asyncio.shield(self._jobs.release_jobs(self.owner, [job.id]))
+            await asyncio.shield(self._jobs.release_jobs(self.owner, [job.id], self._enqueue))
             raise
         await self._writer.write(outcome)
 
@@ -225,9 +228,16 @@ class Worker:
         self._jobs = jobs
         self._queue = queue
         self._options = options
-        self._writer = OutcomeWriter(jobs)
+        self._writer = OutcomeWriter(jobs, queue.enqueue_hook)
         self.executor = Executor(
-            jobs, generator, flow, self._writer, self.owner, options.policy, options.lease_s
+            jobs,
+            generator,
+            flow,
+            self._writer,
+            self.owner,
+            options.policy,
+            options.lease_s,
+            queue.enqueue_hook,
         )
         self.stop_event = asyncio.Event()
 
@@ -276,7 +286,9 @@ class Worker:
         interval = max(0.5, self._options.lease_s / 2)
         while True:
             try:
-                reaped = await self._jobs.reap_expired(self._queue.enqueue_hook)
+                reaped = await self._jobs.reap_expired(
+                    self._queue.enqueue_hook, grace_s=self._queue.reap_grace_s
+                )
                 if reaped:
                     log.warning("re-queued %d job(s) whose worker stopped", len(reaped))
                     self._queue.notify()

@@ -43,6 +43,10 @@ class EmbeddedQueue:
     def enqueue_hook(self) -> EnqueueHook | None:
         return None  # the jobs table is the queue
 
+    @property
+    def reap_grace_s(self) -> float:
+        return 0.0
+
     async def open(self) -> None:
         return None
 

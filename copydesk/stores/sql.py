@@ -587,7 +587,9 @@ class SQLJobStore:
             )
         return int(result.rowcount)
 
-    async def release_jobs(self, owner: str, job_ids: list[str]) -> int:
+    async def release_jobs(
+        self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
+    ) -> int:
         if not job_ids:
             return 0
         now = utcnow()
@@ -607,7 +609,7 @@ class SQLJobStore:
                         available_at=now,
                         updated_at=now,
                     )
-                    .returning(jobs.c.seq, jobs.c.attempts, jobs.c.started_at)
+                    .returning(*jobs.c)
                 )
             ).all()
             for r in rows:
@@ -627,16 +629,20 @@ class SQLJobStore:
                         "completion_tokens": 0,
                     },
                 )
+            if rows and enqueue is not None:
+                await enqueue(conn, [_job(r) for r in rows])
         return len(rows)
 
     async def reap_expired(
-        self, enqueue: EnqueueHook | None = None, limit: int = 1000
+        self, enqueue: EnqueueHook | None = None, limit: int = 1000, grace_s: float = 0.0
     ) -> list[Job]:
-        """Put running jobs whose lease expired back in the queue (their worker died)."""
+        """Put running jobs whose lease expired (more than ``grace_s`` ago) back in the
+        queue: their worker died."""
         now = utcnow()
+        expired_before = now - timedelta(seconds=grace_s)
         pick = (
             select(jobs.c.seq)
-            .where(jobs.c.status == "running", jobs.c.lease_expires_at < now)
+            .where(jobs.c.status == "running", jobs.c.lease_expires_at < expired_before)
             .limit(limit)
         )
         if self.dialect == "postgresql":
@@ -696,13 +702,23 @@ class SQLJobStore:
             final = stmt.on_conflict_do_nothing(index_elements=keys)
         await conn.execute(final)
 
-    async def finish_attempts(self, outcomes: list[Outcome]) -> list[bool]:
+    async def finish_attempts(
+        self, outcomes: list[Outcome], enqueue: EnqueueHook | None = None
+    ) -> list[bool]:
         if not outcomes:
             return []
         applied: list[bool] = []
         async with self._tx() as conn:
             for o in outcomes:
                 applied.append(await self._finish(conn, o))
+            requeued = [
+                o.job_id
+                for o, ok in zip(outcomes, applied, strict=True)
+                if ok and o.kind == "retry"
+            ]
+            if requeued and enqueue is not None:
+                rows = (await conn.execute(select(jobs).where(jobs.c.id.in_(requeued)))).all()
+                await enqueue(conn, [_job(r) for r in rows])
         return applied
 
     async def _finish(self, conn: AsyncConnection, o: Outcome) -> bool:
@@ -856,6 +872,7 @@ def _job_from_dict(values: dict[str, Any]) -> Job:
         created_at=values["created_at"],
         updated_at=values["updated_at"],
         available_at=values["available_at"],
+        fair_rank=values["fair_rank"],
     )
 
 
@@ -885,4 +902,5 @@ def _job(row: Row[Any]) -> Job:
         error_class=m["error_class"],
         prompt_tokens=m["prompt_tokens"],
         completion_tokens=m["completion_tokens"],
+        fair_rank=m["fair_rank"],
     )

@@ -12,7 +12,6 @@ Scopes: ``server`` is shared by a module (its tests add nothing another test rea
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -366,8 +365,6 @@ def model_server(
     tmp_path_factory: pytest.TempPathFactory, model_cache: Path
 ) -> Iterator[CopydeskServer]:
     """The real embedded model (default settings), with the examples and a short agent."""
-    if importlib.util.find_spec("copydesk.providers.embedded") is None:
-        pytest.skip("copydesk/providers/embedded.py is not there yet")
     agents = tmp_path_factory.mktemp("model-agents")
     text = (EXAMPLES / "product-description.yaml").read_text(encoding="utf-8")
     short = (

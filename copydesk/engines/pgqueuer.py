@@ -1,0 +1,189 @@
+"""The PgQueuer engine (scale-out): PgQueuer 1.6 entries beside our jobs table.
+
+- Enqueue: the entry is written on the *same connection and in the same transaction*
+  as the job row (``enqueue_hook``), so a job is never stored without being queued or
+  queued without being stored. Retries, releases and reaped jobs get a new entry the
+  same way, delayed with ``execute_after``.
+- One entrypoint per provider, ``copydesk.<provider>``, with ``concurrency_limit`` set to
+  the provider's ``max_concurrency``: PgQueuer enforces it in its dequeue SQL across
+  every worker process.
+- PgQueuer's heartbeats re-pick the entries of a killed worker after
+  ``heartbeat_timeout``; our handler then starts the job only if it is queued or its
+  lease has expired (a live duplicate is skipped), and a finished job is skipped.
+- Fair sharing and priorities are folded into PgQueuer's ``priority`` (higher first):
+  ``priority * 10**6 - fair_rank``.
+
+Our jobs table stays the record the API reads; PgQueuer's rows are only dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from pgqueuer import AsyncpgDriver, Queries, QueueManager
+from pgqueuer.models import Job as PgJob
+
+from copydesk.queue import JobRunner, JobStarter
+from copydesk.store import EnqueueHook, Job
+
+if TYPE_CHECKING:
+    from copydesk.config import Settings
+    from copydesk.stores.sql import SQLStore
+
+log = logging.getLogger("copydesk.engines.pgqueuer")
+
+ENTRYPOINT_PREFIX = "copydesk."
+_RANK_SPAN = 1_000_000
+_INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('copydesk-pgqueuer-install'))"
+
+
+def entrypoint(provider: str) -> str:
+    return ENTRYPOINT_PREFIX + provider
+
+
+def pg_priority(job: Job) -> int:
+    """Higher runs first in PgQueuer: our priority, then the lowest fair rank."""
+    priority = max(-2000, min(2000, job.priority))
+    return priority * _RANK_SPAN - min(job.fair_rank, _RANK_SPAN - 1)
+
+
+def dsn_of(url: str) -> str:
+    """asyncpg's DSN for a SQLAlchemy ``postgresql+asyncpg://`` URL."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+async def install_schema(conn: asyncpg.Connection) -> bool:
+    """Install (or upgrade) PgQueuer's tables once; safe when several processes race."""
+    queries = Queries(AsyncpgDriver(conn))
+    async with conn.transaction():
+        await conn.execute(_INSTALL_LOCK)
+        if not await queries.schema_is_installed():
+            await queries.install()
+            return True
+    # ALTER TYPE ... ADD VALUE must not share a transaction; it takes its own lock.
+    await queries.apply_upgrade()
+    return False
+
+
+class PgQueuerQueue:
+    name = "pgqueuer"
+
+    def __init__(self, store: SQLStore, concurrency: dict[str, int], settings: Settings) -> None:
+        self._store = store
+        self._concurrency = concurrency
+        self._settings = settings
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._qm: QueueManager | None = None
+
+    # --- producer side ---------------------------------------------------------------
+
+    @property
+    def enqueue_hook(self) -> EnqueueHook | None:
+        return self._enqueue
+
+    @property
+    def reap_grace_s(self) -> float:
+        # PgQueuer re-picks a dead worker's entries after heartbeat_timeout (= lease_s);
+        # our reaper is the safety net for a job whose entry is gone (e.g. a handler
+        # that crashed after PgQueuer counted it done).
+        return 2 * self._settings.lease_s
+
+    async def _enqueue(self, conn: Any, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        raw = (await conn.get_raw_connection()).driver_connection
+        if not raw.is_in_transaction():  # the job rows must have been written first
+            raise RuntimeError("PgQueuer entries must be written in the job's transaction")
+        now = datetime.now(UTC)
+        await Queries(AsyncpgDriver(raw)).enqueue(
+            [entrypoint(j.provider) for j in jobs],
+            [j.id.encode() for j in jobs],
+            [pg_priority(j) for j in jobs],
+            [max(timedelta(0), j.available_at - now) for j in jobs],
+        )
+
+    async def open(self) -> None:
+        conn = await asyncpg.connect(dsn_of(self._store.url))
+        try:
+            if await install_schema(conn):
+                log.info("installed PgQueuer's schema")
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        return None
+
+    def notify(self) -> None:
+        return None  # PgQueuer wakes workers with LISTEN/NOTIFY after the commit
+
+    # --- consumer side -----------------------------------------------------------------
+
+    def inflight(self) -> list[str]:
+        return list(self._running)
+
+    def cancel_inflight(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    async def consume(
+        self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
+    ) -> None:
+        del owner
+        conn = await asyncpg.connect(dsn_of(self._store.url))
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        self._qm = qm
+
+        async def handle(pg_job: PgJob) -> None:
+            job_id = (pg_job.payload or b"").decode()
+            job = await start(job_id)
+            if job is None:
+                return  # finished, cancelled, or running under a live lease elsewhere
+            task = asyncio.create_task(run(job), name=job.id)
+            self._running[job.id] = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                # Our shutdown deadline cancelled the job (the runner released it);
+                # PgQueuer's own handler must still end normally.
+                if not task.cancelled():
+                    raise
+            except Exception:
+                # The runner records its own outcome; an error here (a store failure)
+                # leaves the lease to expire and the reaper to re-queue the job.
+                log.exception("job %s: runner failed", job_id)
+            finally:
+                self._running.pop(job.id, None)
+
+        for provider, limit in self._concurrency.items():
+            qm.entrypoint(entrypoint(provider), concurrency_limit=limit)(handle)
+
+        total = sum(self._concurrency.values())
+        batch = max(1, min(100, *self._concurrency.values()))
+        lease = self._settings.lease_s
+        runner = asyncio.create_task(
+            qm.run(
+                dequeue_timeout=timedelta(seconds=min(5.0, self._settings.poll_interval_s * 5)),
+                batch_size=batch,
+                max_concurrent_tasks=max(total, 2 * batch),
+                heartbeat_timeout=timedelta(seconds=lease),
+            ),
+            name="pgqueuer",
+        )
+        try:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            qm.shutdown.set()  # stop dequeuing; in-flight handlers run to their end
+            await runner
+        finally:
+            if not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runner
+            await conn.close()
+            self._qm = None
