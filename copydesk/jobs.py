@@ -92,8 +92,9 @@ class RetryPolicy:
     ) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         rng = rng or random.Random()
-        backoff = min(self.max_delay_s, self.base_delay_s * 2.0 ** max(0, attempt - 1))
-        backoff *= 1 + self.jitter * rng.random()
+        backoff = self.base_delay_s * 2.0 ** max(0, attempt - 1)
+        # Jitter first, then the cap: no backoff is ever longer than ``max_delay_s``.
+        backoff = min(self.max_delay_s, backoff * (1 + self.jitter * rng.random()))
         if retry_after_s is not None and retry_after_s > 0:
             # Honour Retry-After exactly as a floor; add a little jitter so a crowd of
             # workers does not come back in the same millisecond.

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import Select, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -43,6 +43,10 @@ from copydesk.stores.tables import (
     jobs,
     organizations,
 )
+
+
+#: Attempt outcomes that changed their job (the others: lease_expired, released, *_dropped).
+_APPLIED = ("completed", "retry", "failed")
 
 
 def utcnow() -> datetime:
@@ -527,6 +531,18 @@ class SQLJobStore:
             "updated_at": now,
         }
 
+    def _picked(self, pick: Select[Any]) -> Any:
+        """The rows ``pick`` chooses, for ``seq IN (...)`` in an UPDATE that takes them.
+
+        PostgreSQL: locked with SKIP LOCKED in a CTE, which runs once. As a plain IN
+        subquery the planner may rescan it, and a rescan skips the rows this statement has
+        just locked and takes the next ones: more rows than ``limit``, out of order.
+        """
+        if self.dialect == "postgresql":
+            picked = pick.with_for_update(skip_locked=True).cte("picked")
+            return select(picked.c.seq)
+        return pick.scalar_subquery()
+
     async def claim_jobs(self, provider: str, limit: int, owner: str, lease_s: float) -> list[Job]:
         if limit <= 0:
             return []
@@ -541,11 +557,9 @@ class SQLJobStore:
             .order_by(jobs.c.priority.desc(), jobs.c.fair_rank, jobs.c.seq)
             .limit(limit)
         )
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
         stmt = (
             update(jobs)
-            .where(jobs.c.seq.in_(pick.scalar_subquery()), jobs.c.status == "queued")
+            .where(jobs.c.seq.in_(self._picked(pick)), jobs.c.status == "queued")
             .values(**self._running(owner, lease_s, now))
             .returning(*jobs.c)
         )
@@ -645,13 +659,11 @@ class SQLJobStore:
             .where(jobs.c.status == "running", jobs.c.lease_expires_at < expired_before)
             .limit(limit)
         )
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
         async with self._tx() as conn:
             rows = (
                 await conn.execute(
                     update(jobs)
-                    .where(jobs.c.seq.in_(pick.scalar_subquery()), jobs.c.status == "running")
+                    .where(jobs.c.seq.in_(self._picked(pick)), jobs.c.status == "running")
                     .values(
                         status="queued",
                         lease_owner=None,
@@ -690,14 +702,22 @@ class SQLJobStore:
         return reaped
 
     async def _upsert_attempt(
-        self, conn: AsyncConnection, values: dict[str, Any], *, replace: bool = True
+        self,
+        conn: AsyncConnection,
+        values: dict[str, Any],
+        *,
+        replace: bool = True,
+        keep_applied: bool = False,
     ) -> None:
         dialect_insert: Any = pg_insert if self.dialect == "postgresql" else sqlite_insert
         stmt = dialect_insert(job_attempts).values(**values)
         keys = [job_attempts.c.job_seq, job_attempts.c.number]
         if replace:
             update_cols = {k: stmt.excluded[k] for k in values if k not in ("job_seq", "number")}
-            final = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols)
+            # ``keep_applied``: a dropped duplicate never overwrites the record of the
+            # outcome that took effect for the same attempt.
+            where = job_attempts.c.outcome.not_in(_APPLIED) if keep_applied else None
+            final = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols, where=where)
         else:
             final = stmt.on_conflict_do_nothing(index_elements=keys)
         await conn.execute(final)
@@ -791,6 +811,7 @@ class SQLJobStore:
                 "prompt_tokens": o.prompt_tokens,
                 "completion_tokens": o.completion_tokens,
             },
+            keep_applied=not changed,
         )
         return changed
 

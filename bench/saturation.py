@@ -1,0 +1,162 @@
+"""Backend saturation: N jobs against the fake LLM server with 1 s latency at concurrency C.
+
+Jobs are submitted through the API first (workers off), then workers start and the clock
+runs until the last job completes. Ideal wall time = N / C * latency. Both deployments:
+embedded (SQLite, `copydesk serve`) and scale-out (PostgreSQL, `serve --no-workers` +
+one `copydesk worker`, PgQueuer engine).
+
+    python -m bench.saturation --jobs 2000 --concurrency 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.procs import ROOT, copydesk, cpu_s, fake_llm, fresh_database, rss_mb
+
+AGENT = "6f1c2a9e-3b7d-4c52-9a0e-5d8f1b2c3a41"
+INPUTS = [
+    {"id": "product_names", "value": ["Orbit trail shoe"]},
+    {"id": "tone", "value": ["Playful"]},
+]
+
+
+async def submit(base_url: str, key: str, count: int, parallel: int = 64) -> float:
+    started = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"authorization": f"Bearer {key}"}, timeout=60
+    ) as client:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(count):
+            queue.put_nowait(i)
+
+        async def one() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                r = await client.post(f"/v1/applications/{AGENT}/jobs", json={"inputs": INPUTS})
+                r.raise_for_status()
+
+        await asyncio.gather(*(one() for _ in range(parallel)))
+    return time.perf_counter() - started
+
+
+def completed(base_url: str, key: str) -> int:
+    r = httpx.get(
+        f"{base_url}/v1/applications/{AGENT}/jobs",
+        params={"status": "completed", "limit": 1},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return int(r.json()["totalCount"])
+
+
+def _python_pid(pid: int) -> int:
+    """The copydesk process itself (the child when py-spy wraps it)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return int(kids[0]) if kids else pid
+
+
+def run_one(
+    deployment: str, jobs: int, concurrency: int, latency: float, profile: str | None = None
+) -> dict[str, Any]:
+    with ExitStack() as stack:
+        llm, llm_url = fake_llm("--latency", str(latency))
+        stack.callback(llm.stop)
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        env = {
+            "COPYDESK_DATA_DIR": str(data),
+            "COPYDESK_PROVIDERS__LOCAL__KIND": "openai",
+            "COPYDESK_PROVIDERS__LOCAL__BASE_URL": f"{llm_url}/v1",
+            "COPYDESK_PROVIDERS__LOCAL__MODEL": "fake",
+            "COPYDESK_PROVIDERS__LOCAL__MAX_CONCURRENCY": str(concurrency),
+            "COPYDESK_LOG_LEVEL": "warning",
+        }
+        if deployment == "postgres":
+            env["COPYDESK_DATABASE_URL"] = stack.enter_context(fresh_database())
+        agents = str(ROOT / "examples" / "agents")
+        api = copydesk("serve", "--port", "0", "--no-workers", "--agents", agents, env=env)
+        stack.callback(api.stop)
+        base_url = api.wait_for("COPYDESK_LISTENING ")
+        key = api.line_after("API key for organisation")
+        submit_s = asyncio.run(submit(base_url, key, jobs))
+        if deployment == "embedded":
+            api.stop()  # the embedded default runs its workers inside `serve`
+            api = copydesk("serve", "--port", "0", "--agents", agents, env=env, profile=profile)
+            stack.callback(api.stop)
+            base_url = api.wait_for("COPYDESK_LISTENING ")
+            started = time.perf_counter()
+            worker_pid = _python_pid(api.popen.pid)
+        else:
+            worker = copydesk("worker", env=env, profile=profile)
+            stack.callback(worker.stop)
+            worker.wait_for("COPYDESK_WORKER ")
+            started = time.perf_counter()
+            worker_pid = _python_pid(worker.popen.pid)
+        cpu0 = cpu_s(worker_pid)
+        peak_rss = 0.0
+        done = 0
+        while done < jobs:
+            time.sleep(0.25)
+            peak_rss = max(peak_rss, rss_mb(worker_pid))
+            done = completed(base_url, key)
+        wall = time.perf_counter() - started
+        cpu = cpu_s(worker_pid) - cpu0
+        stats = httpx.get(f"{llm_url}/_stats", params={"arrivals": 0}).json()
+    ideal = jobs / concurrency * latency
+    return {
+        "deployment": deployment,
+        "jobs": jobs,
+        "concurrency": concurrency,
+        "latency_s": latency,
+        "submit_s": round(submit_s, 2),
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "wall_over_ideal": round(wall / ideal, 3),
+        "server_peak_in_flight": stats["peak_in_flight"],
+        "worker_cpu_s": round(cpu, 2),
+        "worker_peak_rss_mb": round(peak_rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--deployments", default="embedded,postgres")
+    parser.add_argument(
+        "--profile", help="py-spy the worker into bench/results/<name>-<deployment>.json"
+    )
+    args = parser.parse_args()
+    rows = [
+        run_one(
+            d,
+            args.jobs,
+            args.concurrency,
+            args.latency,
+            str(ROOT / "bench" / "results" / f"{args.profile}-{d}.json") if args.profile else None,
+        )
+        for d in args.deployments.split(",")
+    ]
+    columns = list(rows[0])
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row[c]) for c in columns))
+    out = ROOT / "bench" / "results" / f"saturation-{args.jobs}x{args.concurrency}.json"
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""J3 (an application's jobs, newest first, optional status filter) is served by an index.
+
+The plan is taken for the exact statements ``SQLJobStore.list_jobs`` sends (captured from
+the engine), on a table with enough rows that a planner would rather scan if it could.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event, insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from copydesk.store import NewJob
+from copydesk.stores.sql import SQLJobStore, SQLStore
+from copydesk.stores.tables import jobs, organizations
+
+ROWS = 20_000
+
+
+async def _seed(store: SQLStore) -> tuple[str, str]:
+    org_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    now = datetime.now(UTC)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            insert(organizations),
+            [
+                {"id": org_id, "name": "a", "created_at": now},
+                {"id": other, "name": "b", "created_at": now},
+            ],
+        )
+        statuses = ["completed", "failed", "queued", "running"]
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "org_id": org_id if i % 2 else other,
+                "agent_id": f"agent-{i % 100}",
+                "agent_version": 1,
+                "provider": "local",
+                "inputs": [],
+                "status": statuses[i % 4],
+                "priority": 0,
+                "fair_rank": i,
+                "attempts": 1,
+                "max_attempts": 5,
+                "available_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
+            for i in range(ROWS)
+        ]
+        await conn.execute(insert(jobs), rows)
+        await conn.execute(text("ANALYZE"))
+    return org_id, "agent-3"
+
+
+def _capture(engine: AsyncEngine) -> list[tuple[str, Any]]:
+    captured: list[tuple[str, Any]] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM jobs" in statement and "count" not in statement.lower():
+            captured.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    return captured
+
+
+async def _plan(engine: AsyncEngine, statement: str, parameters: Any) -> str:
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if engine.dialect.name == "sqlite":
+            cursor = await driver.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            rows = await cursor.fetchall()
+            return "\n".join(str(r[-1]) for r in rows)
+        rows = await driver.fetch("EXPLAIN " + statement, *parameters)
+        return "\n".join(r[0] for r in rows)
+
+
+async def test_list_jobs_uses_an_index_with_and_without_status(store: SQLStore) -> None:
+    org_id, agent_id = await _seed(store)
+    job_store = SQLJobStore(store)
+    captured = _capture(store.engine)
+    page = await job_store.list_jobs(org_id, agent_id, None, 0, 50)
+    filtered = await job_store.list_jobs(org_id, agent_id, ("completed",), 40, 50)
+    assert page.total == ROWS // 100
+    assert len(page.items) == 50
+    assert [j.created_at for j in page.items] == sorted(
+        (j.created_at for j in page.items), reverse=True
+    )
+    assert all(j.status == "completed" for j in filtered.items)
+    assert len(captured) == 2
+    for statement, parameters in captured:
+        plan = await _plan(store.engine, statement, parameters)
+        assert "ix_jobs_org_id_agent_id" in plan, plan
+        assert "Seq Scan on jobs" not in plan, plan
+        assert "SCAN jobs\n" not in plan + "\n", plan
+
+
+async def test_new_jobs_keep_the_fair_rank_index_useful(store: SQLStore) -> None:
+    """Claiming reads the partial index of queued jobs, not the whole table."""
+    org_id, _ = await _seed(store)
+    job_store = SQLJobStore(store)
+    await job_store.create_jobs([NewJob(str(uuid.uuid4()), org_id, "agent-1", 1, "fresh", [], 3)])
+    captured: list[tuple[str, Any]] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            captured.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
+    claimed = await job_store.claim_jobs("fresh", 10, "w1", 30)
+    assert [j.agent_id for j in claimed] == ["agent-1"]
+    plan = await _plan(store.engine, *captured[0])
+    assert "ix_jobs_claim" in plan, plan
