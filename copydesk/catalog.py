@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ class Catalog:
     def __init__(self, store: Store, providers: Providers) -> None:
         self._store = store
         self._providers = providers
-        self._versions: dict[tuple[str, str, int], Agent] = {}
+        self._versions: dict[tuple[str, str, int], asyncio.Future[Agent | None]] = {}
 
     def check(self, spec: AgentSpec, source: str) -> None:
         """Checks that need the running configuration (the provider must exist)."""
@@ -80,19 +81,30 @@ class Catalog:
 
     async def get(self, org_id: str, agent_id: str, version: int | None = None) -> Agent:
         if version is not None:
-            # Versions are immutable: a job's pinned version is read once per process.
-            key = (org_id, agent_id, version)
-            cached = self._versions.get(key)
-            if cached is None:
-                cached = await self._store.get_agent(org_id, agent_id, version)
-                if cached is None:
-                    raise ApplicationNotFound(agent_id)
-                if len(self._versions) >= 1024:
-                    self._versions.pop(next(iter(self._versions)))
-                self._versions[key] = cached
-            return cached
+            return await self._version(org_id, agent_id, version)
         agent = await self._store.get_agent(org_id, agent_id, version)
         if agent is None or agent.status != "deployed":
+            raise ApplicationNotFound(agent_id)
+        return agent
+
+    async def _version(self, org_id: str, agent_id: str, version: int) -> Agent:
+        """A pinned version, read once per process: versions are immutable. Concurrent
+        first reads share one query."""
+        key = (org_id, agent_id, version)
+        pending = self._versions.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._store.get_agent(org_id, agent_id, version))
+            if len(self._versions) >= 1024:
+                self._versions.pop(next(iter(self._versions)))
+            self._versions[key] = pending
+        try:
+            agent = await asyncio.shield(pending)
+        except BaseException:
+            if pending.done():
+                self._versions.pop(key, None)
+            raise
+        if agent is None:
+            self._versions.pop(key, None)
             raise ApplicationNotFound(agent_id)
         return agent
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +124,15 @@ def serve(
                 for d in deployed:
                     state = "deployed" if d.changed else "unchanged"
                     out.print(f"agent {d.agent.id} {d.agent.name!r} v{d.agent.version} ({state})")
+            # Load the default model now rather than on the first request (llama.cpp holds
+            # the GIL while it loads, which would stall that request and every other).
+            started = time.perf_counter()
+            provider = await app.providers.get(None)
+            out.print(
+                f"provider {settings.default_provider!r} ({type(provider).__name__}) ready in "
+                f"{time.perf_counter() - started:.1f}s",
+                highlight=False,
+            )
             api = create_api(app, manage_lifecycle=False, run_workers=workers)
             config = uvicorn.Config(
                 api,

@@ -37,7 +37,7 @@ class ProviderSettings(BaseModel):
 
 def _default_providers() -> dict[str, dict[str, Any]]:
     return {
-        "local": {"kind": "embedded", "model": "qwen2.5-coder-0.5b", "max_concurrency": 4},
+        "local": {"kind": "embedded", "max_concurrency": 4},
         "echo": {"kind": "deterministic", "model": "echo", "max_concurrency": 1000},
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,10 +75,21 @@ def window_wait(
 
 
 class MemoryFlowControl:
-    """Exact sliding windows in this process (the embedded, one-process deployment)."""
+    """Exact sliding windows in this process (the embedded, one-process deployment).
 
-    def __init__(self, limits: dict[str, Limits]) -> None:
+    ``clock`` and ``sleep`` (seconds, monotonic) can be replaced together, as tests do.
+    """
+
+    def __init__(
+        self,
+        limits: dict[str, Limits],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._limits = limits
+        self._clock = clock
+        self._sleep = sleep
         self._events: dict[str, deque[tuple[float, int]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -90,14 +102,14 @@ class MemoryFlowControl:
         async with lock:  # one waiter at a time keeps the order fair
             cost = min(tokens, limits.tokens_per_minute or tokens)
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 wait = window_wait(
                     events, now, limits.requests_per_minute, limits.tokens_per_minute, cost
                 )
                 if wait <= 0:
                     events.append((now, cost))
                     return Permit(provider, cost, now)
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
 
     async def settle(self, permit: Permit, actual_tokens: int) -> None:
         events = self._events.get(permit.provider)

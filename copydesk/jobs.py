@@ -92,7 +92,8 @@ class RetryPolicy:
     ) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         rng = rng or random.Random()
-        backoff = self.base_delay_s * 2.0 ** max(0, attempt - 1)
+        # The exponent is bounded so a job with very many attempts cannot overflow a float.
+        backoff = self.base_delay_s * 2.0 ** min(max(0, attempt - 1), 64)
         # Jitter first, then the cap: no backoff is ever longer than ``max_delay_s``.
         backoff = min(self.max_delay_s, backoff * (1 + self.jitter * rng.random()))
         if retry_after_s is not None and retry_after_s > 0:

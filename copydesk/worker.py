@@ -166,7 +166,9 @@ class Executor:
             if not isinstance(exc, CopydeskError):
                 log.exception("job %s: unexpected error", job.id)
             failure = classify(exc)
-            if self._policy.should_retry(failure, job.attempts):
+            # The job's own allowance: retry_job extends it beyond the policy's default.
+            policy = replace(self._policy, max_attempts=job.max_attempts)
+            if policy.should_retry(failure, job.attempts):
                 delay = self._policy.delay(job.attempts, failure.retry_after_s)
                 now = _now()
                 return replace(

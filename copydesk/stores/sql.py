@@ -44,7 +44,6 @@ from copydesk.stores.tables import (
     organizations,
 )
 
-
 #: Attempt outcomes that changed their job (the others: lease_expired, released, *_dropped).
 _APPLIED = ("completed", "retry", "failed")
 
@@ -582,18 +581,54 @@ class SQLJobStore:
             .returning(*jobs.c)
         )
         async with self._tx() as conn:
+            # The row as it was (locked): taking over an expired lease ends the dead
+            # worker's attempt, which must be recorded like the reaper records it.
+            before = (
+                await conn.execute(
+                    select(jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at)
+                    .where(jobs.c.id == job_id)
+                    .with_for_update()
+                )
+            ).first()
             row = (await conn.execute(stmt)).first()
+            if row is not None and before is not None and before.status == "running":
+                await self._upsert_attempt(
+                    conn,
+                    {
+                        "job_seq": row.seq,
+                        "number": before.attempts,
+                        "worker": before.lease_owner or "unknown",
+                        "started_at": before.started_at or now,
+                        "ended_at": now,
+                        "outcome": "lease_expired",
+                        "error_class": "lease_expired",
+                        "error": "the worker stopped renewing its lease (killed or stuck)",
+                        "provider_latency_ms": None,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                    },
+                    replace=False,
+                )
         return _job(row) if row else None
 
     async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int:
         if not job_ids:
             return 0
         now = utcnow()
+        mine = select(jobs.c.seq).where(
+            jobs.c.id.in_(job_ids),
+            jobs.c.lease_owner == owner,
+            jobs.c.status == "running",
+        )
         async with self._tx() as conn:
             result = await conn.execute(
                 update(jobs)
                 .where(
-                    jobs.c.id.in_(job_ids),
+                    # SKIP LOCKED (PostgreSQL): never wait for a row another transaction
+                    # holds. A multi-row UPDATE that waits deadlocks with the outcome
+                    # writer's batch, which locks the same rows in another order; a
+                    # skipped row is being finished, or is renewed on the next round.
+                    jobs.c.seq.in_(self._picked(mine)),
                     jobs.c.lease_owner == owner,
                     jobs.c.status == "running",
                 )

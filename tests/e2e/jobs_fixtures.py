@@ -68,7 +68,7 @@ inputs:
       min_fields: 1
       max_fields: 1
 prompt: |
-  Write one line about {{{{ topic[0] }}}}
+  Write one line about {{{{ topic }}}}
 output:
   title: Copy
 model:
@@ -190,11 +190,16 @@ class Deployment:
     database_url: str | None
     workers: list[ListeningProcess] = field(default_factory=list)
 
-    def start(self) -> Deployment:
+    def start(self, workers: bool = True) -> Deployment:
         self.server.start()  # migrates (and installs PgQueuer's schema) before workers race
-        for worker in self.workers:
-            worker.start(START_TIMEOUT_S)
+        if workers:
+            self.start_workers()
         return self
+
+    def start_workers(self) -> None:
+        for worker in self.workers:
+            if worker.returncode is None and worker.url is None:
+                worker.start(START_TIMEOUT_S)
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -265,7 +270,9 @@ DeployFactory = Callable[..., Deployment]
 
 @pytest.fixture(name="deployments")
 def deployments_fixture(tmp_path: Path) -> Iterator[DeployFactory]:
-    """``deploy(kind, env=..., workers=1, agents=...)`` starts a deployment for this test.
+    """``deploy(kind, env=..., workers=1, agents=...)`` starts a deployment for this test
+    (``start_workers=False``: the server only; ``Deployment.start_workers()`` later;
+    ``serve_workers``: whether ``serve`` runs workers, by default only when embedded).
 
     Every deployment gets its own data dir and, for ``scaleout``, its own PostgreSQL
     database. Teardown stops every process (SIGTERM, then SIGKILL) and drops the database.
@@ -280,7 +287,8 @@ def deployments_fixture(tmp_path: Path) -> Iterator[DeployFactory]:
         env: dict[str, str] | None = None,
         workers: int = 1,
         agents: Sequence[Path] = (),
-        start: bool = True,
+        start_workers: bool = True,
+        serve_workers: bool | None = None,
     ) -> Deployment:
         index = len(started)
         extra = {
@@ -300,12 +308,13 @@ def deployments_fixture(tmp_path: Path) -> Iterator[DeployFactory]:
             env=extra,
         )
         deployment = Deployment(kind, server, server.env, database_url)
-        if kind == "scaleout":
+        if not (kind == "embedded" if serve_workers is None else serve_workers):
             server.process.command.append("--no-workers")
+        if kind == "scaleout":
             for _ in range(workers):
                 deployment.add_worker()
         started.append(deployment)
-        return deployment.start() if start else deployment
+        return deployment.start(workers=start_workers)
 
     try:
         yield deploy

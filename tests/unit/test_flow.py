@@ -1,0 +1,224 @@
+"""Flow control in one process: the sliding-window arithmetic and ``MemoryFlowControl``.
+
+``MemoryFlowControl`` runs on a fake clock here (its ``clock`` and ``sleep`` arguments), so
+minutes of rate limiting take no time; one test sleeps for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+
+import pytest
+
+from copydesk.flow import WINDOW_S, Limits, MemoryFlowControl, Permit, window_wait
+
+
+class FakeClock:
+    """Monotonic seconds that move only when someone sleeps."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+def flow(limits: dict[str, Limits], clock: FakeClock) -> MemoryFlowControl:
+    return MemoryFlowControl(limits, clock=clock, sleep=clock.sleep)
+
+
+def most_in_any_window(stamps: list[float], weights: list[int] | None = None) -> int:
+    """The largest total (count, or sum of ``weights``) inside any half-open 60 s window."""
+    pairs = sorted(zip(stamps, weights or [1] * len(stamps), strict=True))
+    best = 0
+    for start, _ in pairs:
+        best = max(best, sum(w for t, w in pairs if start <= t < start + WINDOW_S))
+    return best
+
+
+# --- window_wait ----------------------------------------------------------------------
+
+
+def test_an_empty_window_never_waits() -> None:
+    assert window_wait(deque(), 0.0, 1, 10, 10) == 0.0
+    assert window_wait(deque(), 0.0, None, None, 10**9) == 0.0
+
+
+def test_requests_wait_for_the_oldest_event_that_must_leave() -> None:
+    events = deque([(0.0, 1), (10.0, 1), (20.0, 1)])
+
+    assert window_wait(events.copy(), 30.0, 4, None, 1) == 0.0
+    assert window_wait(events.copy(), 30.0, 3, None, 1) == 30.0  # the one at 0 leaves at 60
+    assert window_wait(events.copy(), 30.0, 2, None, 1) == 40.0  # two must leave: 10 + 60
+    assert window_wait(events.copy(), 30.0, 1, None, 1) == 50.0
+
+
+def test_events_a_minute_old_are_dropped() -> None:
+    events = deque([(0.0, 5), (30.0, 5)])
+
+    assert window_wait(events, 60.0, 2, None, 1) == 0.0  # the event at 0 left at exactly 60
+    assert list(events) == [(30.0, 5)]
+    assert window_wait(events, 59.0, 1, None, 1) == 31.0
+
+
+def test_tokens_wait_until_enough_have_left() -> None:
+    events = deque([(0.0, 50), (10.0, 30), (20.0, 20)])
+
+    assert window_wait(events.copy(), 30.0, None, 150, 50) == 0.0  # 100 + 50 fits
+    assert window_wait(events.copy(), 30.0, None, 100, 40) == 30.0  # 50 leaving at 60 is enough
+    assert window_wait(events.copy(), 30.0, None, 100, 60) == 40.0  # needs 50 + 30 to leave
+    assert window_wait(events.copy(), 30.0, None, 100, 100) == 50.0  # needs all of them
+
+
+def test_both_limits_take_the_longer_wait() -> None:
+    events = deque([(0.0, 10), (10.0, 90)])
+
+    assert window_wait(events.copy(), 30.0, 3, 100, 15) == 40.0  # tokens: the 90 must go too
+    assert window_wait(events.copy(), 30.0, 2, 1000, 5) == 30.0  # requests: the oldest goes
+    assert window_wait(events.copy(), 30.0, 2, 100, 15) == 40.0  # requests 30, tokens 40
+    assert window_wait(events.copy(), 30.0, 1, 100, 5) == 40.0  # requests 40, tokens 30
+
+
+# --- MemoryFlowControl on a fake clock ---------------------------------------------------
+
+
+async def test_unlimited_providers_never_wait() -> None:
+    clock = FakeClock()
+    control = flow({"open": Limits()}, clock)
+
+    permits = [await control.acquire(p, 10**6) for p in ("open", "unknown") for _ in range(50)]
+
+    assert clock.sleeps == []
+    assert permits[0] == Permit("open", 10**6)
+
+
+async def test_requests_per_minute_sequential() -> None:
+    clock = FakeClock()
+    control = flow({"p": Limits(requests_per_minute=3)}, clock)
+
+    stamps = []
+    for _ in range(7):
+        await control.acquire("p", 1)
+        stamps.append(clock.now - 1000.0)
+
+    assert stamps == [0.0, 0.0, 0.0, 60.0, 60.0, 60.0, 120.0]
+    assert most_in_any_window(stamps) == 3
+
+
+async def test_never_more_than_the_limit_in_any_minute_under_concurrency() -> None:
+    clock = FakeClock()
+    control = flow({"p": Limits(requests_per_minute=4)}, clock)
+    stamps: list[float] = []
+
+    async def client(gap: float) -> None:
+        for _ in range(5):
+            await control.acquire("p", 1)
+            stamps.append(clock.now)
+            await clock.sleep(gap)
+
+    await asyncio.gather(*(client(g) for g in (0.0, 7.0, 13.0, 29.0)))
+
+    assert len(stamps) == 20
+    assert most_in_any_window(stamps) == 4
+    # No slower than it must be: 20 requests at 4 a minute need five windows.
+    assert max(stamps) - min(stamps) < 5 * WINDOW_S
+
+
+async def test_tokens_per_minute_hold_under_random_load() -> None:
+    rng = random.Random(11)
+    clock = FakeClock()
+    limits = Limits(requests_per_minute=7, tokens_per_minute=1000)
+    control = flow({"p": limits}, clock)
+    stamps: list[float] = []
+    spent: list[int] = []
+
+    async def client() -> None:
+        for _ in range(15):
+            permit = await control.acquire("p", rng.randint(50, 400))
+            actual = rng.randint(10, permit.tokens)  # usage comes in at or under the estimate
+            await control.settle(permit, actual)
+            stamps.append(clock.now)
+            spent.append(actual)
+            await clock.sleep(rng.uniform(0, 20))
+
+    await asyncio.gather(*(client() for _ in range(4)))
+
+    assert len(stamps) == 60
+    assert most_in_any_window(stamps) <= 7
+    assert most_in_any_window(stamps, spent) <= 1000
+
+
+async def test_a_request_larger_than_the_token_limit_is_cut_to_it() -> None:
+    clock = FakeClock()
+    control = flow({"p": Limits(tokens_per_minute=100)}, clock)
+
+    first = await control.acquire("p", 500)
+    second = await control.acquire("p", 500)
+
+    assert (first.tokens, second.tokens) == (100, 100)
+    assert clock.now - 1000.0 == 60.0  # the second waited for the first to leave
+
+
+async def test_settle_gives_back_unused_tokens() -> None:
+    clock = FakeClock()
+    control = flow({"p": Limits(tokens_per_minute=100)}, clock)
+
+    permit = await control.acquire("p", 80)
+    await control.settle(permit, 10)
+    await control.acquire("p", 90)  # 10 + 90 fits now
+
+    assert clock.sleeps == []
+    third = await control.acquire("p", 5)  # 100 used: waits for the settled one to leave
+    assert clock.now - 1000.0 == 60.0
+    assert third.tokens == 5
+
+
+async def test_settle_can_also_charge_more_than_estimated() -> None:
+    clock = FakeClock()
+    control = flow({"p": Limits(tokens_per_minute=100)}, clock)
+
+    permit = await control.acquire("p", 10)
+    await control.settle(permit, 100)
+    await control.acquire("p", 1)
+
+    assert clock.now - 1000.0 == 60.0
+
+
+async def test_limits_are_per_provider() -> None:
+    clock = FakeClock()
+    control = flow({"a": Limits(requests_per_minute=1), "b": Limits(requests_per_minute=1)}, clock)
+
+    await control.acquire("a", 1)
+    await control.acquire("b", 1)
+
+    assert clock.sleeps == []
+
+
+# --- real sleeping ------------------------------------------------------------------
+
+
+async def test_a_waiter_really_waits_and_a_cancelled_one_lets_the_next_in() -> None:
+    shift = [0.0]
+    control = MemoryFlowControl(
+        {"p": Limits(requests_per_minute=2)}, clock=lambda: time.monotonic() + shift[0]
+    )
+    await control.acquire("p", 1)
+    await control.acquire("p", 1)
+
+    with pytest.raises(TimeoutError):  # it sleeps (holding the provider's queue) until cancelled
+        await asyncio.wait_for(control.acquire("p", 1), 0.2)
+
+    shift[0] += WINDOW_S  # a minute later the window is empty again
+    await asyncio.wait_for(control.acquire("p", 1), 0.2)
+    await asyncio.wait_for(control.acquire("p", 1), 0.2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(control.acquire("p", 1), 0.2)
