@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, event, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, case, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -418,17 +418,10 @@ class SQLJobStore:
             return []
         now = utcnow()
         async with self._tx() as conn:
-            base: dict[str, int] = {}
-            for org_id in {j.org_id for j in new_jobs}:
-                base[org_id] = int(
-                    (
-                        await conn.execute(
-                            select(func.count())
-                            .select_from(jobs)
-                            .where(jobs.c.org_id == org_id, jobs.c.status.in_(ACTIVE))
-                        )
-                    ).scalar_one()
-                )
+            base = {
+                org_id: await self._rank_base(conn, org_id)
+                for org_id in {j.org_id for j in new_jobs}
+            }
             rows = []
             for j in new_jobs:
                 base[j.org_id] += 1
@@ -457,6 +450,26 @@ class SQLJobStore:
             if enqueue is not None:
                 await enqueue(conn, created)
         return created
+
+    async def _rank_base(self, conn: AsyncConnection, org_id: str) -> int:
+        """Where an organisation's next jobs enter the fair order (virtual time).
+
+        After its own newest active job (first in, first out within an organisation),
+        and never before the lowest rank still queued (the queue's "now"): an
+        organisation arriving with nothing queued interleaves with the others from
+        the front instead of waiting behind their backlogs.
+        """
+        own = (
+            await conn.execute(
+                select(func.max(jobs.c.fair_rank)).where(
+                    jobs.c.org_id == org_id, jobs.c.status.in_(ACTIVE)
+                )
+            )
+        ).scalar_one_or_none()
+        front = (
+            await conn.execute(select(func.min(jobs.c.fair_rank)).where(jobs.c.status == "queued"))
+        ).scalar_one_or_none()
+        return max(int(own or 0), int(front or 1) - 1)
 
     async def get_job(self, org_id: str | None, job_id: str) -> Job | None:
         stmt = select(jobs).where(jobs.c.id == job_id)
@@ -657,6 +670,9 @@ class SQLJobStore:
                         lease_expires_at=None,
                         available_at=now,
                         updated_at=now,
+                        # A shutdown is not the job's fault: its allowance grows by the
+                        # attempt it used (the attempt stays in the history).
+                        max_attempts=jobs.c.max_attempts + 1,
                     )
                     .returning(*jobs.c)
                 )
@@ -694,13 +710,21 @@ class SQLJobStore:
             .where(jobs.c.status == "running", jobs.c.lease_expires_at < expired_before)
             .limit(limit)
         )
+        out_of_attempts = jobs.c.attempts >= jobs.c.max_attempts
         async with self._tx() as conn:
             rows = (
                 await conn.execute(
                     update(jobs)
                     .where(jobs.c.seq.in_(self._picked(pick)), jobs.c.status == "running")
                     .values(
-                        status="queued",
+                        # A job whose every attempt ended with its worker gone (it may be
+                        # what kills them) fails instead of looping forever.
+                        status=case((out_of_attempts, "failed"), else_="queued"),
+                        error=case((out_of_attempts, _WORKER_LOST), else_=jobs.c.error),
+                        error_class=case(
+                            (out_of_attempts, "lease_expired"), else_=jobs.c.error_class
+                        ),
+                        completed_at=case((out_of_attempts, now), else_=None),
                         lease_owner=None,
                         lease_expires_at=None,
                         available_at=now,
@@ -732,8 +756,9 @@ class SQLJobStore:
                     replace=False,
                 )
             reaped = [_job(r) for r in rows]
-            if enqueue is not None:
-                await enqueue(conn, reaped)
+            requeued = [job for job in reaped if job.status == "queued"]
+            if requeued and enqueue is not None:
+                await enqueue(conn, requeued)
         return reaped
 
     async def _upsert_attempt(
@@ -760,95 +785,77 @@ class SQLJobStore:
     async def finish_attempts(
         self, outcomes: list[Outcome], enqueue: EnqueueHook | None = None
     ) -> list[bool]:
+        """Apply a batch of outcomes in one transaction, with a handful of statements.
+
+        The jobs' rows are read (and locked, on PostgreSQL) once; each outcome is decided
+        against that state in order (so two outcomes for one job in one batch behave as if
+        written one after the other); then one executemany per kind of change and one for
+        the attempt records.
+        """
         if not outcomes:
             return []
-        applied: list[bool] = []
         async with self._tx() as conn:
+            pick = (
+                select(jobs.c.seq, jobs.c.id, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts)
+                .where(jobs.c.id.in_({o.job_id for o in outcomes}))
+                .order_by(jobs.c.seq)
+            )
+            if self.dialect == "postgresql":
+                pick = pick.with_for_update()
+            state = {
+                r.id: [r.seq, r.status, r.lease_owner, r.attempts] for r in await conn.execute(pick)
+            }
+            applied: list[bool] = []
+            changes: dict[str, list[dict[str, Any]]] = {"completed": [], "retry": [], "failed": []}
+            records: list[dict[str, Any]] = []
+            dropped: list[dict[str, Any]] = []
             for o in outcomes:
-                applied.append(await self._finish(conn, o))
-            requeued = [
-                o.job_id
-                for o, ok in zip(outcomes, applied, strict=True)
-                if ok and o.kind == "retry"
-            ]
-            if requeued and enqueue is not None:
-                rows = (await conn.execute(select(jobs).where(jobs.c.id.in_(requeued)))).all()
+                if o.kind not in changes:
+                    raise ValueError(f"unknown outcome kind {o.kind!r}")
+                current = state.get(o.job_id)
+                if current is None:
+                    applied.append(False)
+                    continue
+                seq, status, owner, attempts = current
+                if o.kind == "completed":
+                    # The first result wins: any unfinished job takes it, a finished one never.
+                    ok = status in ACTIVE
+                else:  # retry and failed apply only under the same lease
+                    ok = status == "running" and owner == o.owner and attempts == o.attempt
+                applied.append(ok)
+                if ok:
+                    current[1] = {"completed": "completed", "retry": "queued"}.get(o.kind, "failed")
+                    current[2] = None
+                    changes[o.kind].append(_change_params(seq, o))
+                (records if ok else dropped).append(_attempt_params(seq, o, ok))
+            for kind, params in changes.items():
+                if params:
+                    await conn.execute(_CHANGE_STATEMENTS[kind], params)
+            if records:
+                await conn.execute(self._attempts_upsert(keep_applied=False), records)
+            if dropped:
+                await conn.execute(self._attempts_upsert(keep_applied=True), dropped)
+            if changes["retry"] and enqueue is not None:
+                requeued = [p["b_seq"] for p in changes["retry"]]
+                rows = (await conn.execute(select(jobs).where(jobs.c.seq.in_(requeued)))).all()
                 await enqueue(conn, [_job(r) for r in rows])
         return applied
 
-    async def _finish(self, conn: AsyncConnection, o: Outcome) -> bool:
-        same_lease = (
-            (jobs.c.status == "running")
-            & (jobs.c.lease_owner == o.owner)
-            & (jobs.c.attempts == o.attempt)
+    def _attempts_upsert(self, *, keep_applied: bool) -> Any:
+        """INSERT of attempt records that replaces an earlier record of the same attempt,
+        except that a dropped duplicate never overwrites an outcome that took effect."""
+        dialect_insert: Any = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = dialect_insert(job_attempts)
+        columns = [c.name for c in job_attempts.c if c.name not in ("job_seq", "number")]
+        return stmt.on_conflict_do_update(
+            index_elements=[job_attempts.c.job_seq, job_attempts.c.number],
+            set_={name: stmt.excluded[name] for name in columns},
+            where=(
+                and_(*(job_attempts.c.outcome != outcome for outcome in _APPLIED))
+                if keep_applied
+                else None
+            ),
         )
-        stmt = update(jobs).where(jobs.c.id == o.job_id)
-        if o.kind == "completed":
-            # The first result wins: any unfinished job takes it, a finished one never does.
-            stmt = stmt.where(jobs.c.status.in_(ACTIVE)).values(
-                status="completed",
-                result_title=o.title,
-                result_suggestion=o.suggestion,
-                error=None,
-                error_class=None,
-                completed_at=o.ended_at,
-                updated_at=o.ended_at,
-                lease_owner=None,
-                lease_expires_at=None,
-                prompt_tokens=jobs.c.prompt_tokens + o.prompt_tokens,
-                completion_tokens=jobs.c.completion_tokens + o.completion_tokens,
-            )
-        elif o.kind == "retry":
-            stmt = stmt.where(same_lease).values(
-                status="queued",
-                available_at=o.available_at or o.ended_at,
-                error=o.error,
-                error_class=o.error_class,
-                updated_at=o.ended_at,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        elif o.kind == "failed":
-            stmt = stmt.where(same_lease).values(
-                status="failed",
-                error=o.error,
-                error_class=o.error_class,
-                completed_at=o.ended_at,
-                updated_at=o.ended_at,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        else:
-            raise ValueError(f"unknown outcome kind {o.kind!r}")
-        result = await conn.execute(stmt.returning(jobs.c.seq))
-        seq = result.scalar_one_or_none()
-        if seq is None:
-            seq = (
-                await conn.execute(select(jobs.c.seq).where(jobs.c.id == o.job_id))
-            ).scalar_one_or_none()
-            if seq is None:
-                return False
-            changed = False
-        else:
-            changed = True
-        await self._upsert_attempt(
-            conn,
-            {
-                "job_seq": seq,
-                "number": o.attempt,
-                "worker": o.owner,
-                "started_at": o.started_at,
-                "ended_at": o.ended_at,
-                "outcome": o.kind if changed else f"{o.kind}_dropped",
-                "error_class": o.error_class,
-                "error": o.error,
-                "provider_latency_ms": o.provider_latency_ms,
-                "prompt_tokens": o.prompt_tokens,
-                "completion_tokens": o.completion_tokens,
-            },
-            keep_applied=not changed,
-        )
-        return changed
 
     async def retry_job(
         self, org_id: str, job_id: str, extra_attempts: int, enqueue: EnqueueHook | None = None
@@ -911,6 +918,79 @@ class SQLJobStore:
                 )
             ).all()
         return [r.provider for r in rows]
+
+
+_WORKER_LOST = (
+    "the worker running this job stopped (killed or stuck) on every attempt; "
+    "it was not retried again"
+)
+_RELEASE_LEASE = {"lease_owner": None, "lease_expires_at": None}
+_CHANGE_STATEMENTS: dict[str, Any] = {
+    "completed": update(jobs)
+    .where(jobs.c.seq == bindparam("b_seq"))
+    .values(
+        status="completed",
+        result_title=bindparam("b_title"),
+        result_suggestion=bindparam("b_suggestion"),
+        error=None,
+        error_class=None,
+        completed_at=bindparam("b_ended_at"),
+        updated_at=bindparam("b_ended_at"),
+        prompt_tokens=jobs.c.prompt_tokens + bindparam("b_prompt_tokens"),
+        completion_tokens=jobs.c.completion_tokens + bindparam("b_completion_tokens"),
+        **_RELEASE_LEASE,
+    ),
+    "retry": update(jobs)
+    .where(jobs.c.seq == bindparam("b_seq"))
+    .values(
+        status="queued",
+        available_at=bindparam("b_available_at"),
+        error=bindparam("b_error"),
+        error_class=bindparam("b_error_class"),
+        updated_at=bindparam("b_ended_at"),
+        **_RELEASE_LEASE,
+    ),
+    "failed": update(jobs)
+    .where(jobs.c.seq == bindparam("b_seq"))
+    .values(
+        status="failed",
+        error=bindparam("b_error"),
+        error_class=bindparam("b_error_class"),
+        completed_at=bindparam("b_ended_at"),
+        updated_at=bindparam("b_ended_at"),
+        **_RELEASE_LEASE,
+    ),
+}
+
+
+def _change_params(seq: int, o: Outcome) -> dict[str, Any]:
+    return {
+        "b_seq": seq,
+        "b_title": o.title,
+        "b_suggestion": o.suggestion,
+        "b_ended_at": o.ended_at,
+        "b_available_at": o.available_at or o.ended_at,
+        "b_error": o.error,
+        "b_error_class": o.error_class,
+        "b_prompt_tokens": o.prompt_tokens,
+        "b_completion_tokens": o.completion_tokens,
+    }
+
+
+def _attempt_params(seq: int, o: Outcome, applied: bool) -> dict[str, Any]:
+    return {
+        "job_seq": seq,
+        "number": o.attempt,
+        "worker": o.owner,
+        "started_at": o.started_at,
+        "ended_at": o.ended_at,
+        "outcome": o.kind if applied else f"{o.kind}_dropped",
+        "error_class": o.error_class,
+        "error": o.error,
+        "provider_latency_ms": o.provider_latency_ms,
+        "prompt_tokens": o.prompt_tokens,
+        "completion_tokens": o.completion_tokens,
+    }
 
 
 def _job_from_dict(values: dict[str, Any]) -> Job:

@@ -155,8 +155,15 @@ jobs = Table(
     # J3: an application's jobs, newest first, with and without a status filter.
     Index("ix_jobs_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
     Index("ix_jobs_org_id_agent_id_status_seq", "org_id", "agent_id", "status", "seq"),
-    # The fair rank of a new job counts its organisation's active jobs.
-    Index("ix_jobs_org_id_status", "org_id", "status"),
+    # The fair rank of a new job: its organisation's newest active rank, and the
+    # lowest queued rank overall.
+    Index("ix_jobs_org_id_status_fair_rank", "org_id", "status", "fair_rank"),
+    Index(
+        "ix_jobs_queued_fair_rank",
+        "fair_rank",
+        postgresql_where=text("status = 'queued'"),
+        sqlite_where=text("status = 'queued'"),
+    ),
     # Claiming: only queued rows are indexed, in claim order.
     Index(
         "ix_jobs_claim",

@@ -302,11 +302,9 @@ def deployments_fixture(tmp_path: Path) -> Iterator[DeployFactory]:
             extra["COPYDESK_DATABASE_URL"] = database_url
             extra["COPYDESK_ENGINE"] = "pgqueuer"
         extra.update(env or {})
-        server = CopydeskServer(
-            tmp_path / f"deployment-{index}" / "data",
-            agents=[*agents, agents_dir],
-            env=extra,
-        )
+        if "COPYDESK_PROVIDERS__FAKE__KIND" in extra:  # the fake-backed agent needs it
+            agents = [*agents, agents_dir]
+        server = CopydeskServer(tmp_path / f"deployment-{index}" / "data", agents=agents, env=extra)
         deployment = Deployment(kind, server, server.env, database_url)
         if not (kind == "embedded" if serve_workers is None else serve_workers):
             server.process.command.append("--no-workers")

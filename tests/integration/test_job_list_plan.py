@@ -109,7 +109,7 @@ async def test_new_jobs_keep_the_fair_rank_index_useful(store: SQLStore) -> None
     captured: list[tuple[str, Any]] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+        if "UPDATE jobs" in statement:
             captured.append((statement, parameters))
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", before)

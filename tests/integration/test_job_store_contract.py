@@ -275,6 +275,36 @@ async def test_claim_never_hands_out_a_job_twice(jobs: SQLJobStore, org: Organiz
     assert await jobs.claim_jobs(PROVIDER, 10, "w9", 30) == []
 
 
+async def test_an_organisations_new_jobs_queue_behind_its_own_older_ones(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    first = await create(jobs, org, 10)
+    for _ in range(5):  # ranks 1..5 finish; 6..10 are still queued
+        await jobs.finish_attempts([outcome(await claim_one(jobs), "completed", title="t")])
+
+    [late] = await create(jobs, org, 1)
+
+    # Behind its own newest active job (10), not at "active count + 1" (6), which
+    # would let it overtake ranks 6..10 of the same organisation.
+    assert late.fair_rank == 11
+    claimed = await jobs.claim_jobs(PROVIDER, 6, "w1", 30)
+    assert [j.id for j in claimed] == [j.id for j in first[5:]] + [late.id]
+
+
+async def test_a_newcomer_enters_at_the_front_of_the_queue(
+    jobs: SQLJobStore, org: Organization, other_org: Organization
+) -> None:
+    a = await create(jobs, org, 10)
+    for _ in range(6):  # the queue's front moves to rank 7
+        await jobs.finish_attempts([outcome(await claim_one(jobs), "completed", title="t")])
+
+    b = await create(jobs, other_org, 2)
+
+    assert [j.fair_rank for j in b] == [7, 8]
+    claimed = await jobs.claim_jobs(PROVIDER, 4, "w1", 30)
+    assert {j.id for j in claimed} == {a[6].id, a[7].id, b[0].id, b[1].id}
+
+
 async def test_claim_is_fair_between_organisations(
     jobs: SQLJobStore, org: Organization, other_org: Organization
 ) -> None:
@@ -415,6 +445,29 @@ async def test_reap_expired_requeues_once_and_records_the_lost_attempt(
     assert (again.id, again.attempts) == (expired.id, 2)
 
 
+async def test_reap_fails_a_job_whose_every_attempt_lost_its_worker(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    [job] = await create(jobs, org, 1, max_attempts=1)
+    assert await jobs.start_job(job.id, "dead", 0.01) is not None
+    await asyncio.sleep(0.05)
+    hooked: list[list[str]] = []
+
+    async def enqueue(conn: Any, requeued: list[Job]) -> None:
+        hooked.append([j.id for j in requeued])
+
+    [reaped] = await jobs.reap_expired(enqueue)
+
+    assert reaped.status == "failed"
+    assert hooked == []  # nothing to run again
+    stored = await get(jobs, job)
+    assert (stored.status, stored.error_class) == ("failed", "lease_expired")
+    assert stored.error is not None
+    assert "stopped" in stored.error
+    assert stored.completed_at is not None
+    assert await jobs.claim_jobs(PROVIDER, 5, "w2", 30) == []
+
+
 async def test_reap_waits_out_the_grace_time(jobs: SQLJobStore, org: Organization) -> None:
     [job] = await create(jobs, org, 1)
     assert await jobs.start_job(job.id, "dead", 0.01) is not None
@@ -460,18 +513,22 @@ async def test_release_jobs_returns_the_owners_jobs_to_the_queue(
     assert await jobs.release_jobs("w1", [mine.id], enqueue) == 0
     assert len(hooked) == 1
     job = await get(jobs, mine)
+    # A shutdown is not the job's fault: the attempt stays in the history, and the
+    # job's allowance grows by one so it is not used up.
     assert (job.status, job.lease_owner, job.lease_expires_at, job.attempts) == (
         "queued",
         None,
         None,
         1,
     )
+    assert job.max_attempts == mine.max_attempts + 1
     [attempt] = await jobs.list_attempts(mine.id)
     assert (attempt.number, attempt.worker, attempt.outcome) == (1, "w1", "released")
     assert (await get(jobs, theirs)).lease_owner == "w2"
     assert await jobs.list_attempts(theirs.id) == []
     assert await jobs.release_jobs("w1", []) == 0
-    assert [j.id for j in await jobs.claim_jobs(PROVIDER, 5, "w3", 30)] == [mine.id]
+    [again] = await jobs.claim_jobs(PROVIDER, 5, "w3", 30)
+    assert (again.id, again.attempts) == (mine.id, 2)
 
 
 # --- outcomes -------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def upgrade() -> None:
         batch_op.create_index('ix_jobs_lease', ['lease_expires_at'], unique=False, postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'"))
         batch_op.create_index('ix_jobs_org_id_agent_id_seq', ['org_id', 'agent_id', 'seq'], unique=False)
         batch_op.create_index('ix_jobs_org_id_agent_id_status_seq', ['org_id', 'agent_id', 'status', 'seq'], unique=False)
-        batch_op.create_index('ix_jobs_org_id_status', ['org_id', 'status'], unique=False)
+        batch_op.create_index('ix_jobs_org_id_status_fair_rank', ['org_id', 'status', 'fair_rank'], unique=False)
+        batch_op.create_index('ix_jobs_queued_fair_rank', ['fair_rank'], unique=False, postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"))
 
     op.create_table('job_attempts',
     sa.Column('job_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -75,7 +76,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('job_attempts')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_index('ix_jobs_org_id_status')
+        batch_op.drop_index('ix_jobs_queued_fair_rank', postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"))
+        batch_op.drop_index('ix_jobs_org_id_status_fair_rank')
         batch_op.drop_index('ix_jobs_org_id_agent_id_status_seq')
         batch_op.drop_index('ix_jobs_org_id_agent_id_seq')
         batch_op.drop_index('ix_jobs_lease', postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'"))
