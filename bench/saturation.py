@@ -112,7 +112,12 @@ def run_one(
             done = completed(base_url, key)
         wall = time.perf_counter() - started
         cpu = cpu_s(worker_pid) - cpu0
-        stats = httpx.get(f"{llm_url}/_stats", params={"arrivals": 0}).json()
+        stats = httpx.get(f"{llm_url}/_stats").json()
+        arrivals = sorted(stats.get("arrivals") or [])
+        per_second: dict[int, int] = {}
+        for at in arrivals:
+            second = int(at - arrivals[0])
+            per_second[second] = per_second.get(second, 0) + 1
     ideal = jobs / concurrency * latency
     return {
         "deployment": deployment,
@@ -126,6 +131,9 @@ def run_one(
         "server_peak_in_flight": stats["peak_in_flight"],
         "worker_cpu_s": round(cpu, 2),
         "worker_peak_rss_mb": round(peak_rss, 1),
+        "arrivals_per_second": [
+            per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)
+        ],
     }
 
 
@@ -149,10 +157,13 @@ def main() -> None:
         )
         for d in args.deployments.split(",")
     ]
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c != "arrivals_per_second"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
+        print(
+            f"  {row['deployment']}: provider calls started per second: {row['arrivals_per_second']}"
+        )
     out = ROOT / "bench" / "results" / f"saturation-{args.jobs}x{args.concurrency}.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -99,7 +99,11 @@ class PgQueuerQueue:
         raw = (await conn.get_raw_connection()).driver_connection
         if not raw.is_in_transaction():  # the job rows must have been written first
             raise RuntimeError("PgQueuer entries must be written in the job's transaction")
-        now = datetime.now(UTC)
+        # PgQueuer stores ``NOW() + execute_after``, and NOW() is when this transaction
+        # began: measured from our clock, the delay would start early by however long
+        # the transaction has been running (a batch of outcomes), and a retry would run
+        # before its available_at (before a provider's Retry-After had passed).
+        now: datetime = await raw.fetchval("SELECT now()")
         await Queries(AsyncpgDriver(raw)).enqueue(
             [entrypoint(j.provider) for j in jobs],
             [j.id.encode() for j in jobs],
