@@ -7,10 +7,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -58,6 +58,16 @@ def print_table(table: Table) -> None:
         return
     natural = out.measure(table, options=out.options.update_width(10_000)).maximum
     Console(soft_wrap=True, width=max(out.width, natural)).print(table)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a long-lived process's loop on uvloop when it is installed (it is, with
+    uvicorn[standard], on Linux): the server and the worker spend their time in I/O."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def run(settings: Settings, body: Callable[[App], Awaitable[T]]) -> T:
@@ -160,7 +170,7 @@ def serve(
             await serve_task
 
     with exit_codes():
-        asyncio.run(main())
+        run_loop(main())
 
 
 @cli.command()
@@ -185,7 +195,7 @@ def worker() -> None:
             sys.stdout.flush()
             await w.run()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 # --- keys ---------------------------------------------------------------------------------
