@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -89,7 +90,9 @@ def _admin(statement: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    # In a thread of its own: callers may already be inside an event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 @contextlib.contextmanager

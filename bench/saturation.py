@@ -162,7 +162,8 @@ def main() -> None:
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
         print(
-            f"  {row['deployment']}: provider calls started per second: {row['arrivals_per_second']}"
+            f"  {row['deployment']}: provider calls started per second: "
+            f"{row['arrivals_per_second']}"
         )
     out = ROOT / "bench" / "results" / f"saturation-{args.jobs}x{args.concurrency}.json"
     out.write_text(json.dumps(rows, indent=2))
