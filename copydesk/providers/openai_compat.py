@@ -2,7 +2,8 @@
 
 vLLM, Ollama, the llama.cpp server, LiteLLM and OpenAI itself all accept
 ``POST {base_url}/chat/completions``. This adapter sends one request per generation
-through a pooled ``httpx.AsyncClient`` (opened in ``open()``, closed in ``close()``),
+through one pooled ``aiohttp.ClientSession`` (opened in ``open()``, closed in ``close()``;
+its connector holds at most ``max_concurrency`` connections, kept alive between calls),
 reads JSON answers or Server-Sent Events streams, and classifies every failure as one of
 the ``ProviderError`` subclasses so the job engine can decide between retry and fail:
 
@@ -10,7 +11,16 @@ the ``ProviderError`` subclasses so the job engine can decide between retry and 
   ``Retry-After``, seconds or HTTP-date);
 * 408, 409, 5xx, refused or reset connections, malformed answers -> ``ProviderUnavailable``;
 * timeouts -> ``ProviderTimeout``;
-* any other 4xx -> ``ProviderRejected``, with the server's own message.
+* any other 4xx, and 3xx (redirects are not followed) -> ``ProviderRejected``, with the
+  server's own message.
+
+Timeouts: ``connect_timeout_s`` to open a connection, ``timeout_s`` between two reads, and
+``timeout_s`` for a whole ``generate()`` answer, counted once a slot is free. A call that is
+cancelled closes its connection at once, so the server sees the client go.
+
+Like httpx, which this module used before, it honours ``HTTP_PROXY``/``HTTPS_PROXY``/
+``NO_PROXY`` (read once, in ``open()``) and verifies TLS against ``SSL_CERT_FILE``,
+``SSL_CERT_DIR`` or certifi's bundle.
 
 Options (``ProviderSettings.options``): ``images`` (bool, the model accepts image parts)
 and ``extra_body`` (a mapping merged into every request body, e.g. ``{"top_k": 20}``).
@@ -19,16 +29,21 @@ and ``extra_body`` (a mapping merged into every request body, e.g. ``{"top_k": 2
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
+import os
+import re
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import httpx
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from copydesk.errors import (
     ConfigurationError,
@@ -52,14 +67,11 @@ if TYPE_CHECKING:
     from copydesk.config import ProviderSettings, Settings
 
 _ERROR_TEXT_LIMIT = 500
-_SHARD_CONNECTIONS = 16
-
-
-@dataclass
-class _Shard:
-    client: httpx.AsyncClient
-    capacity: int
-    busy: int = 0
+#: idle connections are closed after this long (httpx's default, below most servers' own)
+_KEEPALIVE_S = 5.0
+_SSE_HEADERS = {"Accept": "text/event-stream"}
+#: Server-Sent Events end lines with CR LF, LF or CR
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -89,9 +101,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(text: str, reason: str | None) -> str:
     """The server's own words: OpenAI's ``{"error": {"message"}}``, Ollama's, FastAPI's."""
-    text = response.text
     try:
         body = json.loads(text)
     except ValueError:
@@ -108,8 +119,70 @@ def _error_detail(response: httpx.Response) -> str:
                 return value if isinstance(value, str) else json.dumps(value)
     text = text.strip()
     if not text:
-        return response.reason_phrase or "no details"
+        return reason or "no details"
     return text[:_ERROR_TEXT_LIMIT]
+
+
+def _encoding(charset: str | None) -> str:
+    """The body's text encoding: the declared charset when Python knows it, else UTF-8."""
+    if charset:
+        try:
+            return codecs.lookup(charset).name
+        except LookupError:
+            pass
+    return "utf-8"
+
+
+def _text(body: bytes, response: aiohttp.ClientResponse) -> str:
+    return body.decode(_encoding(response.charset), errors="replace")
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncGenerator[str, None]:
+    """The body's lines as they arrive, without their CR LF, LF or CR."""
+    decoder = codecs.getincrementaldecoder(_encoding(response.charset))(errors="replace")
+    buffer = ""
+    async for chunk in response.content.iter_any():
+        buffer += decoder.decode(chunk)
+        start = 0
+        for match in _LINE_BREAK.finditer(buffer):
+            if match.end() == len(buffer) and match.group() == "\r":
+                break  # perhaps the first half of CR LF: wait for the next chunk
+            yield buffer[start : match.start()]
+            start = match.end()
+        buffer = buffer[start:]
+    buffer += decoder.decode(b"", final=True)
+    start = 0
+    for match in _LINE_BREAK.finditer(buffer):
+        yield buffer[start : match.start()]
+        start = match.end()
+    if start < len(buffer):
+        yield buffer[start:]
+
+
+def _failure_name(exc: aiohttp.ClientError) -> str:
+    """The kind of transport failure, named as httpx named it (logs and alerts match these)."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # ConnectionTimeoutError from aiohttp 3.10
+        return "ConnectTimeout" if str(exc).startswith("Connection timeout") else "ReadTimeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "ConnectError"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "RemoteProtocolError"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return "ReadError"
+    return type(exc).__name__
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """Certificates as httpx found them: ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - httpx, still a dependency, brings it
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _message_text(content: object) -> str:
@@ -149,48 +222,80 @@ class OpenAICompatProvider:
         self._connect_timeout_s = connect_timeout_s
         self._max_concurrency = max_concurrency
         self._extra_body = dict(extra_body or {})
+        self._session: aiohttp.ClientSession | None = None
+        # Admits max_concurrency calls, as many as the connector has connections, so a
+        # call never waits inside aiohttp for one and generate()'s deadline starts here.
         self._slots: asyncio.Semaphore | None = None
-        self._shards: list[_Shard] = []
+        self._target = URL()  # self.url, parsed in open()
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
 
     async def open(self) -> None:
-        if self._slots is not None:
+        if self._session is not None:
             return
-        # httpx's pool does work quadratic in its size for every request (encode/httpcore
-        # #1035), so a large max_concurrency is split over clients of at most
-        # _SHARD_CONNECTIONS connections each; together they hold max_concurrency.
-        count = -(-self._max_concurrency // _SHARD_CONNECTIONS)
-        size, larger = divmod(self._max_concurrency, count)
-        capacities = [size + 1 if index < larger else size for index in range(count)]
-        self._shards = [_Shard(self._new_client(capacity), capacity) for capacity in capacities]
+        try:
+            self._target = URL(self.url)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"provider {self.name!r}: base_url is not a valid address: {exc}"
+            ) from exc
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        try:
+            self._proxy, self._proxy_auth = get_env_proxy_for_url(self._target)
+        except LookupError:
+            self._proxy, self._proxy_auth = None, None
+        connector = aiohttp.TCPConnector(
+            limit=self._max_concurrency,
+            limit_per_host=self._max_concurrency,
+            keepalive_timeout=_KEEPALIVE_S,
+            ssl=_ssl_context() if self._target.scheme == "https" else True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            # between bytes: timeout_s; no total (generate() keeps its own deadline) and
+            # no limit on waiting for a pooled connection (``_slots`` admits no more calls
+            # than there are connections).
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout_s, sock_read=self._timeout_s
+            ),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # httpx kept cookies from any host
+        )
         self._slots = asyncio.Semaphore(self._max_concurrency)
 
     async def close(self) -> None:
-        shards, self._shards, self._slots = self._shards, [], None
-        for shard in shards:
-            await shard.client.aclose()
+        session, self._session, self._slots = self._session, None, None
+        if session is not None:
+            await session.close()
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        body = self._body(request, stream=False)
+        session, slots = self._opened()
+        payload = self._encode(self._body(request, stream=False))
         started = time.perf_counter()
-        async with self._lease() as client:
+        async with slots:
             try:
-                async with asyncio.timeout(self._timeout_s):  # the whole answer, not per read
-                    response = await client.post(self.url, json=body)
+                async with (
+                    asyncio.timeout(self._timeout_s),  # the whole answer, not per read
+                    self._post(session, payload) as response,
+                ):
+                    body = await response.read()
+            except aiohttp.ClientError as exc:
+                raise self._transport_error(exc) from exc
             except TimeoutError as exc:
                 raise ProviderTimeout(
                     self.name, f"no answer from {self.url} within {self._timeout_s:g}s"
                 ) from exc
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from exc
-        self._check_status(response)
+        self._check_status(response, body)
         try:
-            data = response.json()
+            data = json.loads(body)
             choice = data["choices"][0]
             text = _message_text(choice["message"].get("content"))
             finish_reason = choice.get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ProviderUnavailable(
-                self.name, f"malformed answer from {self.url}: {response.text[:200]!r}"
+                self.name, f"malformed answer from {self.url}: {_text(body, response)[:200]!r}"
             ) from exc
         usage = self._usage(data.get("usage"), estimate=len(text.split()))
         return Generation(
@@ -202,20 +307,18 @@ class OpenAICompatProvider:
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        body = self._body(request, stream=True)
+        session, slots = self._opened()
+        payload = self._encode(self._body(request, stream=True))
         model = request.model or self.model or "unknown"
         usage: Usage | None = None
         finish_reason: str | None = None
         deltas = 0
         done = False
-        async with self._lease() as client:
+        async with slots:
             try:
-                async with client.stream(
-                    "POST", self.url, json=body, headers={"Accept": "text/event-stream"}
-                ) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        self._check_status(response)
+                async with self._post(session, payload, _SSE_HEADERS) as response:
+                    if not 200 <= response.status < 300:
+                        self._check_status(response, await response.read())
                     async with aclosing(self._sse_data(response)) as events:
                         async for data in events:
                             if data.strip() == "[DONE]":
@@ -236,7 +339,7 @@ class OpenAICompatProvider:
                                 yield TextDelta(content)
                             if choice.get("finish_reason"):
                                 finish_reason = str(choice["finish_reason"])
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 raise self._transport_error(exc) from exc
         if not done and finish_reason is None:
             raise ProviderUnavailable(self.name, f"the stream from {self.url} ended early")
@@ -248,31 +351,25 @@ class OpenAICompatProvider:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _new_client(self, connections: int) -> httpx.AsyncClient:
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return httpx.AsyncClient(
-            headers=headers,
-            # read/write between bytes: timeout_s; waiting for a pooled connection is not
-            # limited here because ``_slots`` admits only as many requests as connections.
-            timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s, pool=None),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            follow_redirects=False,
-        )
-
-    @asynccontextmanager
-    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A client with a free connection, held for one request (waits while all are busy)."""
-        if self._slots is None:
+    def _opened(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        if self._session is None or self._slots is None:
             raise RuntimeError(f"provider {self.name!r} is not open; call open() first")
-        async with self._slots:
-            shard = max(self._shards, key=lambda candidate: candidate.capacity - candidate.busy)
-            shard.busy += 1
-            try:
-                yield shard.client
-            finally:
-                shard.busy -= 1
+        return self._session, self._slots
+
+    def _post(
+        self,
+        session: aiohttp.ClientSession,
+        payload: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return session.post(
+            self._target,
+            data=payload,
+            headers=headers,
+            allow_redirects=False,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+        )
 
     def _body(self, request: GenerationRequest, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -292,12 +389,15 @@ class OpenAICompatProvider:
         body.update(self._extra_body)
         return body
 
-    async def _sse_data(self, response: httpx.Response) -> AsyncGenerator[str, None]:
+    @staticmethod
+    def _encode(body: dict[str, Any]) -> bytes:
+        """Compact UTF-8 JSON; NaN and infinities raise ValueError (they are not JSON)."""
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+    async def _sse_data(self, response: aiohttp.ClientResponse) -> AsyncGenerator[str, None]:
         """The ``data`` of each Server-Sent Event (multi-line data joined by newlines)."""
         lines: list[str] = []
-        # aiter_lines is an async generator; close it even when our reader stops early.
-        lines_of_body = cast(AsyncGenerator[str, None], response.aiter_lines())
-        async with aclosing(lines_of_body) as stream:
+        async with aclosing(_lines(response)) as stream:
             async for line in stream:
                 if not line:
                     if lines:
@@ -335,30 +435,33 @@ class OpenAICompatProvider:
                 return Usage(prompt, completion)
         return Usage(0, estimate)
 
-    def _check_status(self, response: httpx.Response) -> None:
-        try:
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:
-            raise self._status_error(response) from exc
-
-    def _status_error(self, response: httpx.Response) -> ProviderError:
-        status = response.status_code
-        message = f"HTTP {status} from {self.url}: {_error_detail(response)}"
-        if status == 429:
-            return ProviderRateLimited(self.name, message, retry_after_seconds(response.headers))
-        if status in (408, 409) or status >= 500:
-            return ProviderUnavailable(self.name, message, retry_after_seconds(response.headers))
-        return ProviderRejected(self.name, message)
-
-    def _transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        detail = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderTimeout(
-                self.name, f"{type(exc).__name__} talking to {self.url}: {detail}"
-            )
-        return ProviderUnavailable(
-            self.name, f"{type(exc).__name__} talking to {self.url}: {detail}"
+    def _check_status(self, response: aiohttp.ClientResponse, body: bytes) -> None:
+        """Anything but 2xx is an error: 3xx too, as redirects are not followed."""
+        status = response.status
+        if 200 <= status < 300:
+            return
+        cause = aiohttp.ClientResponseError(
+            response.request_info,
+            response.history,
+            status=status,
+            message=response.reason or "",
+            headers=response.headers,
         )
+        detail = _error_detail(_text(body, response), response.reason)
+        message = f"HTTP {status} from {self.url}: {detail}"
+        if status == 429:
+            retry_after = retry_after_seconds(response.headers)
+            raise ProviderRateLimited(self.name, message, retry_after) from cause
+        if status in (408, 409) or status >= 500:
+            retry_after = retry_after_seconds(response.headers)
+            raise ProviderUnavailable(self.name, message, retry_after) from cause
+        raise ProviderRejected(self.name, message) from cause
+
+    def _transport_error(self, exc: aiohttp.ClientError) -> ProviderError:
+        message = f"{_failure_name(exc)} talking to {self.url}: {str(exc) or type(exc).__name__}"
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            return ProviderTimeout(self.name, message)
+        return ProviderUnavailable(self.name, message)
 
 
 def create(name: str, config: ProviderSettings, settings: Settings) -> OpenAICompatProvider:

@@ -269,7 +269,7 @@ async def test_generate_before_open_is_a_programming_error(fake: FakeLLMServer) 
         await build(fake.base_url).generate(PROMPT)
 
 
-@pytest.mark.parametrize("max_concurrency", [5, 20])  # 20 is split over two httpx pools
+@pytest.mark.parametrize("max_concurrency", [5, 20])
 async def test_concurrent_generates_stay_within_the_pool(
     fake: FakeLLMServer, max_concurrency: int
 ) -> None:
