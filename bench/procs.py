@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,22 +24,29 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @dataclass
 class Proc:
+    """A child process whose output goes to a file (a pipe nobody drains would block it)."""
+
     popen: subprocess.Popen[str]
+    log: Path
     lines: list[str] = field(default_factory=list)
+
+    def read_lines(self) -> list[str]:
+        self.lines = self.log.read_text(errors="replace").splitlines(keepends=True)
+        return self.lines
 
     def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
-        assert self.popen.stdout is not None
         while time.monotonic() < deadline:
-            line = self.popen.stdout.readline()
-            if not line:
-                if self.popen.poll() is not None:
-                    raise RuntimeError(f"process exited: {''.join(self.lines[-30:])}")
-                continue
-            self.lines.append(line)
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
+            for line in self.read_lines():
+                if line.startswith(prefix):
+                    return line[len(prefix) :].strip()
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"process exited: {''.join(self.lines[-30:])}")
+            time.sleep(0.05)
         raise TimeoutError(f"no {prefix!r} line: {''.join(self.lines[-30:])}")
+
+    def errors(self) -> list[str]:
+        return [line for line in self.read_lines() if line.startswith(("ERROR", "WARNING"))]
 
     def line_after(self, marker: str) -> str:
         for index, line in enumerate(self.lines):
@@ -57,15 +65,17 @@ class Proc:
 
 
 def spawn(args: list[str], env: dict[str, str]) -> Proc:
-    popen = subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    return Proc(popen)
+    fd, name = tempfile.mkstemp(prefix="copydesk-bench-", suffix=".log")
+    with os.fdopen(fd, "w") as out:
+        popen = subprocess.Popen(
+            args,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+    return Proc(popen, Path(name))
 
 
 def copydesk(*args: str, env: dict[str, str], profile: str | None = None) -> Proc:

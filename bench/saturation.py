@@ -90,6 +90,7 @@ def run_one(
         base_url = api.wait_for("COPYDESK_LISTENING ")
         key = api.line_after("API key for organisation")
         submit_s = asyncio.run(submit(base_url, key, jobs))
+        worker = api
         if deployment == "embedded":
             api.stop()  # the embedded default runs its workers inside `serve`
             api = copydesk("serve", "--port", "0", "--agents", agents, env=env, profile=profile)
@@ -113,6 +114,8 @@ def run_one(
         wall = time.perf_counter() - started
         cpu = cpu_s(worker_pid) - cpu0
         stats = httpx.get(f"{llm_url}/_stats").json()
+        for line in api.errors() + (worker.errors() if deployment == "postgres" else []):
+            print("  worker said:", line.rstrip()[:300])
         arrivals = sorted(stats.get("arrivals") or [])
         per_second: dict[int, int] = {}
         for at in arrivals:
