@@ -21,6 +21,7 @@ from copydesk.provider import (
     Generation,
     GenerationRequest,
     Message,
+    Provider,
     Providers,
     StreamEnd,
     TextDelta,
@@ -89,8 +90,12 @@ class Generator:
         default_model = self._providers.settings_of(provider).model
         return Prepared(agent, values, provider, build_request(agent, values, default_model))
 
+    async def provider(self, prepared: Prepared) -> Provider:
+        """The (opened) provider a prepared call goes to."""
+        return await self._providers.get(prepared.provider)
+
     async def run(self, prepared: Prepared) -> Generation:
-        provider = await self._providers.get(prepared.provider)
+        provider = await self.provider(prepared)
         return await provider.generate(prepared.request)
 
     async def generate(self, prepared: Prepared) -> Answer:

@@ -245,6 +245,10 @@ class JobStore(Protocol):
         with an expired lease), fairest first; mark them running under ``owner``."""
         ...
 
+    async def start_jobs(self, job_ids: list[str], owner: str, lease_s: float) -> list[Job]:
+        """:meth:`start_job` for a batch, in one transaction; skipped ids are left out."""
+        ...
+
     async def start_job(self, job_id: str, owner: str, lease_s: float) -> Job | None:
         """Mark one job running under ``owner`` unless it has finished; None if finished."""
         ...

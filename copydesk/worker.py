@@ -13,9 +13,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 from copydesk.errors import CopydeskError, InvalidRequest, NotFound
 from copydesk.flow import FlowControl
@@ -27,6 +28,9 @@ from copydesk.store import EnqueueHook, Job, JobStore, Outcome
 
 log = logging.getLogger("copydesk.worker")
 
+In = TypeVar("In")
+Out = TypeVar("Out")
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -36,23 +40,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class OutcomeWriter:
-    """Writes attempt outcomes in batches: everything that finished meanwhile, one commit.
+class Batcher(Generic[In, Out]):
+    """Hands everything submitted while the previous call ran to one call of ``flush``.
 
-    ``write`` returns once the outcome is durable (or raises), so a job is never reported
-    done before its result is stored.
+    Under load the batches grow by themselves (no timer, no added latency when idle).
+    ``submit`` returns once the batch holding its item is done (or raises with it).
     """
 
-    def __init__(self, jobs: JobStore, enqueue: EnqueueHook | None = None) -> None:
-        self._jobs = jobs
-        self._enqueue = enqueue
-        self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []
+    def __init__(
+        self, name: str, flush: Callable[[list[In]], Awaitable[list[Out]]], max_batch: int = 500
+    ) -> None:
+        self._name = name
+        self._flush_call = flush
+        self._max_batch = max_batch
+        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="outcome-writer")
+            self._task = asyncio.create_task(self._loop(), name=self._name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -62,11 +69,11 @@ class OutcomeWriter:
             self._task = None
         await self._flush()
 
-    async def write(self, outcome: Outcome) -> bool:
-        if self._task is None:  # not started: write straight through
-            return (await self._jobs.finish_attempts([outcome], self._enqueue))[0]
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((outcome, future))
+    async def submit(self, item: In) -> Out:
+        if self._task is None:  # not started: straight through
+            return (await self._flush_call([item]))[0]
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         self._wake.set()
         return await asyncio.shield(future)
 
@@ -78,17 +85,47 @@ class OutcomeWriter:
 
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:500], self._pending[500:]
+            size = self._max_batch
+            batch, self._pending = self._pending[:size], self._pending[size:]
             try:
-                results = await self._jobs.finish_attempts([o for o, _ in batch], self._enqueue)
+                results = await self._flush_call([item for item, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), applied in zip(batch, results, strict=True):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
-                    future.set_result(applied)
+                    future.set_result(result)
+
+
+class OutcomeWriter(Batcher[Outcome, bool]):
+    """Writes attempt outcomes in batches: everything that finished meanwhile, one commit.
+
+    ``write`` returns once the outcome is durable (or raises), so a job is never reported
+    done before its result is stored.
+    """
+
+    def __init__(self, jobs: JobStore, enqueue: EnqueueHook | None = None) -> None:
+        async def flush(outcomes: list[Outcome]) -> list[bool]:
+            return await jobs.finish_attempts(outcomes, enqueue)
+
+        super().__init__("outcome-writer", flush)
+
+    async def write(self, outcome: Outcome) -> bool:
+        return await self.submit(outcome)
+
+
+class JobStarter(Batcher[str, "Job | None"]):
+    """Marks jobs handed over by id (the PgQueuer engine) running, in batches."""
+
+    def __init__(self, jobs: JobStore, owner: str, lease_s: float) -> None:
+        async def flush(job_ids: list[str]) -> list[Job | None]:
+            started = {job.id: job for job in await jobs.start_jobs(job_ids, owner, lease_s)}
+            # The same id twice in one batch (two queue entries) runs once.
+            return [started.pop(job_id, None) for job_id in job_ids]
+
+        super().__init__("job-starter", flush)
 
 
 @dataclass(frozen=True)
@@ -113,6 +150,7 @@ class Executor:
         enqueue: EnqueueHook | None = None,
     ) -> None:
         self._enqueue = enqueue
+        self._starter = JobStarter(jobs, owner, lease_s)
         self._jobs = jobs
         self._generator = generator
         self._flow = flow
@@ -121,8 +159,14 @@ class Executor:
         self._policy = policy
         self._lease_s = lease_s
 
+    def open(self) -> None:
+        self._starter.start()
+
+    async def close(self) -> None:
+        await self._starter.stop()
+
     async def start(self, job_id: str) -> Job | None:
-        return await self._jobs.start_job(job_id, self.owner, self._lease_s)
+        return await self._starter.submit(job_id)
 
     async def run(self, job: Job) -> None:
         started = job.started_at or _now()
@@ -149,6 +193,10 @@ class Executor:
                 job.org_id, job.agent_id, job.inputs, version=job.agent_version
             )
             estimate = _estimate_tokens(prepared.request.messages) + prepared.request.max_tokens
+            # Open the provider before taking a permit: its first use builds its clients
+            # (or loads a model), and a permit must be taken as the request leaves, since
+            # the provider counts arrivals.
+            await self._generator.provider(prepared)
             permit = await self._flow.acquire(prepared.provider, estimate)
             called = time.perf_counter()
             try:
@@ -246,6 +294,7 @@ class Worker:
     async def run(self) -> None:
         """Consume until :meth:`stop`; then finish or release in-flight jobs in the grace time."""
         self._writer.start()
+        self.executor.open()
         helpers = [
             asyncio.create_task(self._renew_leases(), name="lease-renewal"),
             asyncio.create_task(self._reap(), name="reaper"),
@@ -268,6 +317,7 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(consumer, *helpers, return_exceptions=True)
+            await self.executor.close()
             await self._writer.stop()
 
     def stop(self) -> None:

@@ -171,7 +171,8 @@ class PgQueuerQueue:
         lease = self._settings.lease_s
         runner = asyncio.create_task(
             qm.run(
-                dequeue_timeout=timedelta(seconds=min(5.0, self._settings.poll_interval_s * 5)),
+                # Short: a missed NOTIFY then costs a fraction of a second, not seconds.
+                dequeue_timeout=timedelta(seconds=min(0.25, self._settings.poll_interval_s)),
                 batch_size=batch,
                 max_concurrent_tasks=max(total, 2 * batch),
                 heartbeat_timeout=timedelta(seconds=lease),
