@@ -8,7 +8,8 @@
   workers) or the scale-out (``serve --no-workers`` on PostgreSQL plus ``copydesk worker``
   processes on the PgQueuer engine), with helpers to kill, restart and inspect it.
 - The ``deployments`` and ``fake_llm`` fixtures start them for one test and always stop
-  them (SIGTERM, then SIGKILL) and drop their databases, also when the test fails.
+  them (SIGTERM, then SIGKILL) and drop their databases, also when the test fails. A
+  deployment whose environment configures the provider ``fake`` also gets ``FAKE_AGENT``.
 
 A test module imports the fixture functions it uses (``deployments_fixture``,
 ``fake_llm_fixture``); they register the fixtures ``deployments`` and ``fake_llm``.
@@ -319,6 +320,14 @@ def deployments_fixture(tmp_path: Path) -> Iterator[DeployFactory]:
     finally:
         for deployment in reversed(started):
             deployment.stop()
+            # Shown with a failed test's captured output: what the processes complained of.
+            complaints = [
+                line
+                for line in deployment.output.splitlines()
+                if line.startswith(("ERROR", "CRITICAL", "---")) or "Traceback" in line
+            ]
+            if len(complaints) > len(deployment.workers) + 1:
+                print(f"[{deployment.kind}] process errors:\n" + "\n".join(complaints[:60]))
         databases.close()
 
 

@@ -63,6 +63,7 @@ async def test_max_concurrency_holds_across_two_workers(deployments: Any, fake_l
     assert stats["peak_in_flight"] <= limit
     assert stats["peak_in_flight"] >= 15, "the limit was never approached: the test shows nothing"
     assert len(per_worker) == 2, "both workers must have run jobs"
+    assert min(n for _, n in per_worker) >= 10, "one worker did (nearly) all the work"
     assert wall >= jobs * 0.3 / limit * 0.95
 
 
@@ -72,11 +73,12 @@ async def test_requests_per_minute_holds_across_two_workers(
     rpm, jobs = 100, 130
     fake = fake_llm()  # answers at once: the limiter alone spaces the requests
     env = fake.provider_env(MAX_CONCURRENCY=100, REQUESTS_PER_MINUTE=rpm, TIMEOUT_S=30)
-    deployment = deployments("scaleout", env=env, workers=2, start_workers=False)
+    deployment = deployments("scaleout", env=env, workers=2)
+    # Both workers are up before the jobs come, so both take jobs from the start and
+    # both hold some of those that must wait for the window.
+    began = time.monotonic()
     inputs = [topic(f"rpm-{n:03d}") for n in range(jobs)]
     await submit_jobs(deployment.url, deployment.key, FAKE_AGENT_ID, inputs, 20)
-    deployment.start_workers()
-    began = time.monotonic()
     await wait_all_completed(deployment, jobs, 150)
     wall = time.monotonic() - began
     stats = fake.stats(window_s=60)
@@ -86,11 +88,6 @@ async def test_requests_per_minute_holds_across_two_workers(
         " GROUP BY a.worker"
     )
     first_minute = sum(1 for t in arrivals if t - arrivals[0] < 60)
-    lat = await deployment.arows(
-        "SELECT a.provider_latency_ms, a.ended_at FROM job_attempts a ORDER BY a.ended_at"
-    )
-    print("DEBUG latencies first", [r[0] for r in lat[:100]], "last", [r[0] for r in lat[100:]])
-    print("DEBUG arrivals", [round(t - arrivals[0], 3) for t in arrivals[:5]], [round(t - arrivals[0], 3) for t in arrivals[95:105]])
     print(
         f"\n[flow] requests_per_minute={rpm}, 2 workers, {jobs} jobs: max in any 60 s window "
         f"{stats['max_in_window']}, {first_minute} in the first minute, requests "
@@ -103,3 +100,4 @@ async def test_requests_per_minute_holds_across_two_workers(
     assert first_minute == rpm, "the first minute's allowance was not used in full"
     assert arrivals[rpm] - arrivals[0] >= 60 - 0.5
     assert len(per_worker) == 2, "both workers must have run jobs"
+    assert min(n for _, n in per_worker) >= 10, "one worker did (nearly) all the work"
