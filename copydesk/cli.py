@@ -151,6 +151,9 @@ def serve(
                 log_level=settings.log_level,
                 access_log=False,
                 lifespan="on",
+                # Longer than clients' idle pools keep connections (httpx: 5 s), so a
+                # client never sends on a connection the server is closing.
+                timeout_keep_alive=65,
             )
             server = uvicorn.Server(config)
             serve_task = asyncio.create_task(server.serve())

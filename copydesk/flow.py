@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 WINDOW_S = 60.0
+#: A permit is recorded a moment before its request reaches the provider (the event loop,
+#: a connection), and that moment varies; the provider counts arrivals. Permits are kept
+#: this much longer than the window, so no 60 s of arrivals holds more than the limit.
+SEND_MARGIN_S = 0.5
+HELD_S = WINDOW_S + SEND_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,15 @@ def window_wait(
     requests: int | None,
     tokens: int | None,
     cost: int,
+    held_s: float = HELD_S,
 ) -> float:
-    """Seconds until a request of ``cost`` tokens fits the window (0: it fits now)."""
-    while events and events[0][0] <= now - WINDOW_S:
+    """Seconds until a request of ``cost`` tokens fits the window (0: it fits now).
+    Each permit counts for ``held_s`` seconds after it was given."""
+    while events and events[0][0] <= now - held_s:
         events.popleft()
     waits = [0.0]
     if requests is not None and len(events) >= requests:
-        waits.append(events[len(events) - requests][0] + WINDOW_S - now)
+        waits.append(events[len(events) - requests][0] + held_s - now)
     if tokens is not None:
         used = sum(t for _, t in events)
         if used + cost > tokens and events:
@@ -69,7 +76,7 @@ def window_wait(
             for at, t in events:
                 freed += t
                 if freed >= need:
-                    waits.append(at + WINDOW_S - now)
+                    waits.append(at + held_s - now)
                     break
     return max(waits)
 
@@ -86,7 +93,9 @@ class MemoryFlowControl:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        held_s: float = HELD_S,
     ) -> None:
+        self._held_s = held_s
         self._limits = limits
         self._clock = clock
         self._sleep = sleep
@@ -104,7 +113,12 @@ class MemoryFlowControl:
             while True:
                 now = self._clock()
                 wait = window_wait(
-                    events, now, limits.requests_per_minute, limits.tokens_per_minute, cost
+                    events,
+                    now,
+                    limits.requests_per_minute,
+                    limits.tokens_per_minute,
+                    cost,
+                    self._held_s,
                 )
                 if wait <= 0:
                     events.append((now, cost))

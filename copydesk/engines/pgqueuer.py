@@ -167,7 +167,10 @@ class PgQueuerQueue:
             qm.entrypoint(entrypoint(provider), concurrency_limit=limit)(handle)
 
         total = sum(self._concurrency.values())
-        batch = max(1, min(100, *self._concurrency.values()))
+        # PgQueuer frees a slot of a limited entrypoint when it flushes completions (every
+        # 0.1 s or batch_size of them); a batch near the largest limit keeps the busiest
+        # provider fed without starving the small ones (their limits hold in SQL).
+        batch = max(1, min(100, max(self._concurrency.values())))
         lease = self._settings.lease_s
         runner = asyncio.create_task(
             qm.run(

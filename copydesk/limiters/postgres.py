@@ -14,15 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select, text, update
 
-from copydesk.flow import WINDOW_S, Limits, Permit
+from copydesk.flow import HELD_S, Limits, Permit
 from copydesk.stores.sql import SQLStore
 from copydesk.stores.tables import rate_events
 
 _LOCK_SPACE = 0x0C0D
-#: A permit is recorded a moment before its request reaches the provider (the event loop,
-#: a connection), and that moment varies; the provider counts arrivals. Windows are kept
-#: this much longer than a minute, so no 60 s of arrivals holds more than the limit.
-SEND_MARGIN_S = 0.5
 
 
 class PostgresFlowControl:
@@ -50,7 +46,7 @@ class PostgresFlowControl:
             )
             now = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
             assert isinstance(now, datetime)
-            horizon = now - timedelta(seconds=WINDOW_S + SEND_MARGIN_S)
+            horizon = now - timedelta(seconds=HELD_S)
             await conn.execute(
                 delete(rate_events).where(
                     rate_events.c.provider == provider, rate_events.c.at <= horizon

@@ -13,7 +13,14 @@ from collections import deque
 
 import pytest
 
-from copydesk.flow import WINDOW_S, Limits, MemoryFlowControl, Permit, window_wait
+from copydesk.flow import (
+    HELD_S,
+    WINDOW_S,
+    Limits,
+    MemoryFlowControl,
+    Permit,
+    window_wait,
+)
 
 
 class FakeClock:
@@ -33,7 +40,8 @@ class FakeClock:
 
 
 def flow(limits: dict[str, Limits], clock: FakeClock) -> MemoryFlowControl:
-    return MemoryFlowControl(limits, clock=clock, sleep=clock.sleep)
+    """Exact 60 s windows (no send margin), so the arithmetic below reads plainly."""
+    return MemoryFlowControl(limits, clock=clock, sleep=clock.sleep, held_s=WINDOW_S)
 
 
 def most_in_any_window(stamps: list[float], weights: list[int] | None = None) -> int:
@@ -49,43 +57,55 @@ def most_in_any_window(stamps: list[float], weights: list[int] | None = None) ->
 
 
 def test_an_empty_window_never_waits() -> None:
-    assert window_wait(deque(), 0.0, 1, 10, 10) == 0.0
-    assert window_wait(deque(), 0.0, None, None, 10**9) == 0.0
+    assert window_wait(deque(), 0.0, 1, 10, 10, WINDOW_S) == 0.0
+    assert window_wait(deque(), 0.0, None, None, 10**9, WINDOW_S) == 0.0
 
 
 def test_requests_wait_for_the_oldest_event_that_must_leave() -> None:
     events = deque([(0.0, 1), (10.0, 1), (20.0, 1)])
 
-    assert window_wait(events.copy(), 30.0, 4, None, 1) == 0.0
-    assert window_wait(events.copy(), 30.0, 3, None, 1) == 30.0  # the one at 0 leaves at 60
-    assert window_wait(events.copy(), 30.0, 2, None, 1) == 40.0  # two must leave: 10 + 60
-    assert window_wait(events.copy(), 30.0, 1, None, 1) == 50.0
+    assert window_wait(events.copy(), 30.0, 4, None, 1, WINDOW_S) == 0.0
+    assert (
+        window_wait(events.copy(), 30.0, 3, None, 1, WINDOW_S) == 30.0
+    )  # the one at 0 leaves at 60
+    assert window_wait(events.copy(), 30.0, 2, None, 1, WINDOW_S) == 40.0  # two must leave: 10 + 60
+    assert window_wait(events.copy(), 30.0, 1, None, 1, WINDOW_S) == 50.0
 
 
 def test_events_a_minute_old_are_dropped() -> None:
     events = deque([(0.0, 5), (30.0, 5)])
 
-    assert window_wait(events, 60.0, 2, None, 1) == 0.0  # the event at 0 left at exactly 60
+    assert (
+        window_wait(events, 60.0, 2, None, 1, WINDOW_S) == 0.0
+    )  # the event at 0 left at exactly 60
     assert list(events) == [(30.0, 5)]
-    assert window_wait(events, 59.0, 1, None, 1) == 31.0
+    assert window_wait(events, 59.0, 1, None, 1, WINDOW_S) == 31.0
 
 
 def test_tokens_wait_until_enough_have_left() -> None:
     events = deque([(0.0, 50), (10.0, 30), (20.0, 20)])
 
-    assert window_wait(events.copy(), 30.0, None, 150, 50) == 0.0  # 100 + 50 fits
-    assert window_wait(events.copy(), 30.0, None, 100, 40) == 30.0  # 50 leaving at 60 is enough
-    assert window_wait(events.copy(), 30.0, None, 100, 60) == 40.0  # needs 50 + 30 to leave
-    assert window_wait(events.copy(), 30.0, None, 100, 100) == 50.0  # needs all of them
+    assert window_wait(events.copy(), 30.0, None, 150, 50, WINDOW_S) == 0.0  # 100 + 50 fits
+    assert (
+        window_wait(events.copy(), 30.0, None, 100, 40, WINDOW_S) == 30.0
+    )  # 50 leaving at 60 is enough
+    assert (
+        window_wait(events.copy(), 30.0, None, 100, 60, WINDOW_S) == 40.0
+    )  # needs 50 + 30 to leave
+    assert window_wait(events.copy(), 30.0, None, 100, 100, WINDOW_S) == 50.0  # needs all of them
 
 
 def test_both_limits_take_the_longer_wait() -> None:
     events = deque([(0.0, 10), (10.0, 90)])
 
-    assert window_wait(events.copy(), 30.0, 3, 100, 15) == 40.0  # tokens: the 90 must go too
-    assert window_wait(events.copy(), 30.0, 2, 1000, 5) == 30.0  # requests: the oldest goes
-    assert window_wait(events.copy(), 30.0, 2, 100, 15) == 40.0  # requests 30, tokens 40
-    assert window_wait(events.copy(), 30.0, 1, 100, 5) == 40.0  # requests 40, tokens 30
+    assert (
+        window_wait(events.copy(), 30.0, 3, 100, 15, WINDOW_S) == 40.0
+    )  # tokens: the 90 must go too
+    assert (
+        window_wait(events.copy(), 30.0, 2, 1000, 5, WINDOW_S) == 30.0
+    )  # requests: the oldest goes
+    assert window_wait(events.copy(), 30.0, 2, 100, 15, WINDOW_S) == 40.0  # requests 30, tokens 40
+    assert window_wait(events.copy(), 30.0, 1, 100, 5, WINDOW_S) == 40.0  # requests 40, tokens 30
 
 
 # --- MemoryFlowControl on a fake clock ---------------------------------------------------
@@ -217,8 +237,21 @@ async def test_a_waiter_really_waits_and_a_cancelled_one_lets_the_next_in() -> N
     with pytest.raises(TimeoutError):  # it sleeps (holding the provider's queue) until cancelled
         await asyncio.wait_for(control.acquire("p", 1), 0.2)
 
-    shift[0] += WINDOW_S  # a minute later the window is empty again
+    shift[0] += HELD_S  # a minute (and the send margin) later the window is empty again
     await asyncio.wait_for(control.acquire("p", 1), 0.2)
     await asyncio.wait_for(control.acquire("p", 1), 0.2)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(control.acquire("p", 1), 0.2)
+
+
+async def test_permits_are_held_a_little_longer_than_the_window_by_default() -> None:
+    """The provider counts arrivals, which come a moment after the permit: by default a
+    permit counts for the window plus a send margin, so arrivals never exceed the limit."""
+    assert HELD_S > WINDOW_S
+    clock = FakeClock()
+    control = MemoryFlowControl(
+        {"p": Limits(requests_per_minute=1)}, clock=clock, sleep=clock.sleep
+    )
+    await control.acquire("p", 1)
+    await control.acquire("p", 1)
+    assert clock.now - 1000.0 == pytest.approx(HELD_S)
