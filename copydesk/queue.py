@@ -60,3 +60,24 @@ class Queue(Protocol):
     def cancel_inflight(self) -> None:
         """Cancel the running jobs (shutdown deadline passed); their runners release them."""
         ...
+
+
+class RunningJobs:
+    """The jobs a consumer is running, by id: what ``Queue.inflight`` and
+    ``Queue.cancel_inflight`` report and act on. Engines inherit it."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def track(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._running[job_id] = task
+
+    def untrack(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+
+    def inflight(self) -> list[str]:
+        return list(self._running)
+
+    def cancel_inflight(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-from copydesk.queue import JobRunner, JobStarter
+from copydesk.queue import JobRunner, JobStarter, RunningJobs
 from copydesk.store import EnqueueHook, Job, JobStore
 
 log = logging.getLogger("copydesk.engines.embedded")
@@ -21,7 +21,7 @@ log = logging.getLogger("copydesk.engines.embedded")
 CLAIM_BATCH = 256
 
 
-class EmbeddedQueue:
+class EmbeddedQueue(RunningJobs):
     name = "embedded"
 
     def __init__(
@@ -32,12 +32,12 @@ class EmbeddedQueue:
         lease_s: float,
         poll_interval_s: float = 1.0,
     ) -> None:
+        super().__init__()
         self._jobs = jobs
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
         self._wake: dict[str, asyncio.Event] = {}
-        self._running: dict[str, asyncio.Task[None]] = {}
 
     @property
     def enqueue_hook(self) -> EnqueueHook | None:
@@ -56,13 +56,6 @@ class EmbeddedQueue:
     def notify(self) -> None:
         for event in self._wake.values():
             event.set()
-
-    def inflight(self) -> list[str]:
-        return list(self._running)
-
-    def cancel_inflight(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
 
     async def consume(
         self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
@@ -88,7 +81,7 @@ class EmbeddedQueue:
 
         def done(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
-            self._running.pop(task.get_name(), None)
+            self.untrack(task.get_name())
             slot_free.set()
             if not task.cancelled() and task.exception() is not None:
                 log.error("job runner failed", exc_info=task.exception())
@@ -107,7 +100,7 @@ class EmbeddedQueue:
                     continue
                 for job in claimed:
                     task = asyncio.create_task(run(job), name=job.id)
-                    self._running[job.id] = task
+                    self.track(job.id, task)
                     inflight.add(task)
                     task.add_done_callback(done)
             if claimed and len(inflight) < limit:

@@ -28,7 +28,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from pgqueuer.models import Job as PgJob
 
-from copydesk.queue import JobRunner, JobStarter
+from copydesk.queue import JobRunner, JobStarter, RunningJobs
 from copydesk.store import EnqueueHook, Job
 
 if TYPE_CHECKING:
@@ -70,14 +70,14 @@ async def install_schema(conn: asyncpg.Connection) -> bool:
     return False
 
 
-class PgQueuerQueue:
+class PgQueuerQueue(RunningJobs):
     name = "pgqueuer"
 
     def __init__(self, store: SQLStore, concurrency: dict[str, int], settings: Settings) -> None:
+        super().__init__()
         self._store = store
         self._concurrency = concurrency
         self._settings = settings
-        self._running: dict[str, asyncio.Task[None]] = {}
         self._qm: QueueManager | None = None
 
     # --- producer side ---------------------------------------------------------------
@@ -127,13 +127,6 @@ class PgQueuerQueue:
 
     # --- consumer side -----------------------------------------------------------------
 
-    def inflight(self) -> list[str]:
-        return list(self._running)
-
-    def cancel_inflight(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-
     async def consume(
         self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
     ) -> None:
@@ -148,7 +141,7 @@ class PgQueuerQueue:
             if job is None:
                 return  # finished, cancelled, or running under a live lease elsewhere
             task = asyncio.create_task(run(job), name=job.id)
-            self._running[job.id] = task
+            self.track(job.id, task)
             try:
                 await task
             except asyncio.CancelledError:
@@ -161,7 +154,7 @@ class PgQueuerQueue:
                 # leaves the lease to expire and the reaper to re-queue the job.
                 log.exception("job %s: runner failed", job_id)
             finally:
-                self._running.pop(job.id, None)
+                self.untrack(job.id)
 
         for provider, limit in self._concurrency.items():
             qm.entrypoint(entrypoint(provider), concurrency_limit=limit)(handle)
