@@ -36,9 +36,14 @@ async def list_applications(
     before: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(description="page size, 0 to 100")] = 50,
-    type: Literal["generation"] | None = None,
+    type: Annotated[  # Writer's parameter name
+        str | None,
+        Query(description="every Copydesk agent is 'generation'; other types list nothing"),
+    ] = None,
 ) -> schemas.ApplicationList:
-    del type  # every Copydesk agent is a generation agent
+    if type not in (None, "generation"):
+        # Integrations send other Writer types (e.g. 'research'): none exist here.
+        return schemas.ApplicationList(data=[], has_more=False)
     page = await _app(request).catalog.page(
         org.id, CursorQuery(limit=limit, order=order, after=after, before=before)
     )

@@ -600,6 +600,17 @@ def test_bad_query_parameter_is_422(server: CopydeskServer, query: str, paramete
     assert parameter in item["description"]
 
 
+def test_type_filter_generation_lists_agents_and_other_types_list_none(
+    server: CopydeskServer,
+) -> None:
+    generation = server.http("GET", "/v1/applications?type=generation&limit=3")
+    research = server.http("GET", "/v1/applications?type=research")
+    assert generation.status_code == 200
+    assert len(generation.json()["data"]) == 3
+    assert research.status_code == 200
+    assert research.json() == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+
+
 def test_bad_query_parameter_through_the_sdk(client: writerai.Writer) -> None:
     with pytest.raises(writerai.UnprocessableEntityError) as caught:
         client.applications.list(order="sideways")  # type: ignore[arg-type]
