@@ -10,15 +10,17 @@ from types import TracebackType
 
 from copydesk.accounts import Accounts
 from copydesk.backlog import Backlog
+from copydesk.blobs.local import LocalBlobStore
 from copydesk.catalog import Catalog
 from copydesk.config import Settings
 from copydesk.flow import FlowControl, Limits, MemoryFlowControl
 from copydesk.generation import Generator
 from copydesk.jobs import RetryPolicy
+from copydesk.library import Library
 from copydesk.migrations import upgrade_to_head
 from copydesk.provider import ProviderRegistry, Providers
 from copydesk.queue import Queue
-from copydesk.stores.sql import SQLJobStore, SQLStore
+from copydesk.stores.sql import SQLFileStore, SQLJobStore, SQLStore
 from copydesk.worker import Worker, WorkerOptions
 
 log = logging.getLogger("copydesk.app")
@@ -34,6 +36,9 @@ class App:
         self.accounts = Accounts(self.store, settings.static_keys)
         self.catalog = Catalog(self.store, self.providers)
         self.generator = Generator(self.store, self.catalog, self.providers)
+        self.files = SQLFileStore(self.store)
+        self.blobs = LocalBlobStore(settings.files_dir)
+        self.library = Library(self.files, self.blobs, settings.max_upload_bytes)
         self.queue = self._build_queue()
         self.flow = self._build_flow()
         self.backlog = Backlog(
@@ -86,8 +91,11 @@ class App:
                 base_delay_s=s.retry_base_delay_s,
                 max_delay_s=s.retry_max_delay_s,
             ),
+            files_poll_s=min(1.0, s.poll_interval_s),
         )
-        return Worker(self.jobs, self.queue, self.generator, self.flow, options, owner)
+        return Worker(
+            self.jobs, self.queue, self.generator, self.flow, options, owner, library=self.library
+        )
 
     async def open(self, *, migrate: bool = True) -> None:
         if self.settings.is_sqlite and self.settings.database_url is None:

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
         description="extra accepted keys, key -> organisation name (for SDK test suites)",
     )
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_upload_mb: int = Field(default=100, ge=1, description="largest file upload (F1), in MB")
 
     # --- jobs and workers ---
     engine: Literal["auto", "embedded", "pgqueuer"] = Field(
@@ -143,6 +144,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'copydesk.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded files' bytes are kept (the local blob store)."""
+        return self.data_dir / "files"
 
     @property
     def is_sqlite(self) -> bool:

@@ -66,6 +66,10 @@ class JobNotFound(NotFound):
     resource = "job"
 
 
+class FileNotFound(NotFound):
+    resource = "file"
+
+
 class ApiKeyNotFound(NotFound):
     resource = "api key"
 
@@ -79,6 +83,24 @@ class JobNotRetryable(CopydeskError):
         super().__init__(f"job {job_id!r} is {status}; only failed jobs can be retried")
         self.job_id = job_id
         self.status = status
+
+
+class FileNotRetryable(CopydeskError):
+    def __init__(self, file_id: str, status: str) -> None:
+        super().__init__(f"file {file_id!r} is {status}; only failed files can be retried")
+        self.file_id = file_id
+        self.status = status
+
+
+class PayloadTooLarge(CopydeskError):
+    """An upload over the size limit (checked while it is read, before it is stored)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            f"the file is larger than the upload limit of {limit_bytes} bytes "
+            f"({limit_bytes // (1024 * 1024)} MB)"
+        )
+        self.limit_bytes = limit_bytes
 
 
 class Unauthenticated(CopydeskError):

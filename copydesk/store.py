@@ -291,3 +291,88 @@ class JobStore(Protocol):
 
 #: Called inside the transaction that stores jobs: the queue engine adds its entries there.
 EnqueueHook = Callable[[Any, list[Job]], Awaitable[None]]
+
+
+# --- files --------------------------------------------------------------------------------
+
+FileStatus = Literal["in_progress", "completed", "failed"]
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """An uploaded file whose bytes are already stored under ``storage_key``."""
+
+    id: str
+    org_id: str
+    name: str
+    mime_type: str
+    extension: str
+    size_bytes: int
+    sha256: str
+    storage_key: str
+    status: FileStatus
+    graph_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    org_id: str
+    name: str
+    mime_type: str
+    extension: str
+    size_bytes: int
+    sha256: str
+    storage_key: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    graph_ids: list[str] = field(default_factory=list)
+    error: str | None = None
+    text: str | None = None
+    word_count: int | None = None
+
+
+@dataclass(frozen=True)
+class FileQuery:
+    """F3's filters; ``file_types`` are extensions without the dot, lower case."""
+
+    cursor: CursorQuery = field(default_factory=CursorQuery)
+    status: str | None = None
+    file_types: tuple[str, ...] = ()
+    graph_id: str | None = None
+
+
+class FileStore(Protocol):
+    """File metadata and extracted text; the bytes live in a :class:`BlobStore`."""
+
+    async def create_file(self, new: NewFile) -> StoredFile: ...
+
+    async def get_file(self, org_id: str, file_id: str) -> StoredFile | None: ...
+
+    async def list_files(self, org_id: str, query: FileQuery) -> CursorPage[StoredFile]: ...
+
+    async def delete_file(self, org_id: str, file_id: str) -> StoredFile | None:
+        """Remove the row; the removed file (to delete its bytes), None if unknown."""
+        ...
+
+    async def claim_files(self, limit: int, lease_s: float) -> list[StoredFile]:
+        """Take up to ``limit`` files waiting to be processed (``in_progress`` and not held
+        by a live worker), oldest first, under a lease of ``lease_s``."""
+        ...
+
+    async def set_processed(
+        self,
+        file_id: str,
+        status: FileStatus,
+        text: str | None = None,
+        word_count: int | None = None,
+        error: str | None = None,
+    ) -> StoredFile | None:
+        """Record the end of processing and release the lease."""
+        ...
+
+    async def retry_files(self, org_id: str, file_ids: list[str]) -> list[StoredFile]:
+        """Put failed files back to ``in_progress``, all or none. Raises FileNotFound for
+        an unknown id and FileNotRetryable for a file that has not failed."""
+        ...

@@ -22,6 +22,7 @@ from copydesk.errors import CopydeskError, InvalidRequest, NotFound
 from copydesk.flow import FlowControl
 from copydesk.generation import Generator
 from copydesk.jobs import Failure, RetryPolicy, classify
+from copydesk.library import Library
 from copydesk.provider import Message
 from copydesk.queue import Queue
 from copydesk.store import EnqueueHook, Job, JobStore, Outcome
@@ -133,6 +134,8 @@ class WorkerOptions:
     lease_s: float = 30.0
     shutdown_grace_s: float = 30.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: How often an idle worker looks for uploaded files to process.
+    files_poll_s: float = 1.0
 
 
 class Executor:
@@ -273,8 +276,11 @@ class Worker:
         flow: FlowControl,
         options: WorkerOptions,
         owner: str | None = None,
+        *,
+        library: Library | None = None,
     ) -> None:
         self.owner = owner or worker_name()
+        self._library = library
         self._jobs = jobs
         self._queue = queue
         self._options = options
@@ -299,6 +305,10 @@ class Worker:
             asyncio.create_task(self._renew_leases(), name="lease-renewal"),
             asyncio.create_task(self._reap(), name="reaper"),
         ]
+        if self._library is not None:
+            helpers.append(
+                asyncio.create_task(self.process_pending(self._library), name="file-processor")
+            )
         consumer = asyncio.create_task(
             self._queue.consume(
                 self.executor.run, self.executor.start, self.owner, self.stop_event
@@ -333,6 +343,20 @@ class Worker:
                 )
             except Exception:
                 log.exception("renewing leases failed")
+
+    async def process_pending(self, library: Library) -> None:
+        """Extract the text of uploaded documents, a few at a time, until cancelled.
+        Claiming is safe across workers (leases; SKIP LOCKED on PostgreSQL)."""
+        while True:
+            try:
+                done = await library.process_pending(
+                    limit=4, lease_s=max(60.0, self._options.lease_s * 10)
+                )
+            except Exception:
+                log.exception("processing uploaded files failed")
+                done = 0
+            if not done:
+                await asyncio.sleep(self._options.files_poll_s)
 
     async def _reap(self) -> None:
         interval = max(0.5, self._options.lease_s / 2)

@@ -105,6 +105,14 @@ def describe(exc: e.CopydeskError) -> tuple[int, list[dict[str, Any]], float | N
             return 404, [item(404, exc.message, "resource", {"resource": exc.resource})], None
         case e.JobNotRetryable():
             return 400, [item(400, exc.message, "jobNotRetryable", {"status": exc.status})], None
+        case e.FileNotRetryable():
+            return 400, [item(400, exc.message, "fileNotRetryable", {"status": exc.status})], None
+        case e.PayloadTooLarge():
+            return (
+                413,
+                [item(413, exc.message, "fileTooLarge", {"limit_bytes": exc.limit_bytes})],
+                None,
+            )
         case e.Unauthenticated():
             return 401, [item(401, exc.message, "badToken")], None
         case e.AgentDefinitionInvalid():

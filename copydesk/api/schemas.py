@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from copydesk.jobs import wire_status
-from copydesk.store import Agent, Attempt, Job
+from copydesk.store import Agent, Attempt, Job, StoredFile
 
 
 def iso(value: datetime | None) -> str | None:
@@ -198,4 +198,59 @@ def job_object(job: Job, attempts: list[Attempt] | None = None) -> JobObject:
             )
             for a in attempts
         ],
+    )
+
+
+# --- files (F1-F6) ------------------------------------------------------------------
+
+
+class FileObject(BaseModel):
+    """``file_response``: Writer's five fields, then Copydesk's extensions."""
+
+    id: str
+    created_at: str
+    name: str
+    graph_ids: list[str]
+    status: Literal["in_progress", "completed", "failed"]
+    mime_type: str = Field(description="Copydesk extension: the type decided at upload")
+    size_bytes: int = Field(description="Copydesk extension")
+    word_count: int | None = Field(
+        default=None, description="Copydesk extension: words of the extracted text"
+    )
+    error: str | None = Field(default=None, description="Copydesk extension: why it failed")
+
+
+class FileList(BaseModel):
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    deleted: bool
+
+
+class FileRetryRequest(BaseModel):
+    file_ids: list[str]
+
+
+class FileRetried(BaseModel):
+    success: bool
+
+
+def file_object(file: StoredFile, *, uploaded: bool = False) -> FileObject:
+    status = file.status if file.status in ("in_progress", "completed", "failed") else "failed"
+    return FileObject(
+        id=file.id,
+        created_at=iso(file.created_at) or "",
+        name=file.name,
+        # Writer's upload response always has [] (later reads show the association).
+        graph_ids=[] if uploaded else list(file.graph_ids),
+        status=status,
+        mime_type=file.mime_type,
+        size_bytes=file.size_bytes,
+        word_count=file.word_count,
+        error=file.error,
     )

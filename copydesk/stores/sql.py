@@ -11,14 +11,26 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, event, func, insert, select, update
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from copydesk.agents import AgentSpec
-from copydesk.errors import JobNotFound, JobNotRetryable
+from copydesk.errors import FileNotFound, FileNotRetryable, JobNotFound, JobNotRetryable
 from copydesk.jobs import ACTIVE, wire_status
 from copydesk.store import (
     Agent,
@@ -27,17 +39,22 @@ from copydesk.store import (
     CursorPage,
     CursorQuery,
     EnqueueHook,
+    FileQuery,
+    FileStatus,
     GenerationRecord,
     Job,
     JobPage,
+    NewFile,
     NewJob,
     Organization,
     Outcome,
+    StoredFile,
 )
 from copydesk.stores.tables import (
     agent_versions,
     agents,
     api_keys,
+    files,
     generations,
     job_attempts,
     jobs,
@@ -942,6 +959,208 @@ class SQLJobStore:
                 )
             ).all()
         return [r.provider for r in rows]
+
+
+class SQLFileStore:
+    """``FileStore`` over the same engine as :class:`SQLStore`."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self._store = store
+
+    @property
+    def dialect(self) -> str:
+        return self._store.engine.dialect.name
+
+    def _tx(self) -> Any:
+        return self._store._tx()
+
+    async def create_file(self, new: NewFile) -> StoredFile:
+        now = utcnow()
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    insert(files)
+                    .values(
+                        id=new.id,
+                        org_id=new.org_id,
+                        name=new.name,
+                        mime_type=new.mime_type,
+                        extension=new.extension,
+                        size_bytes=new.size_bytes,
+                        sha256=new.sha256,
+                        storage_key=new.storage_key,
+                        status=new.status,
+                        graph_ids=list(new.graph_ids),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(*files.c)
+                )
+            ).one()
+        return _file(row)
+
+    async def get_file(self, org_id: str, file_id: str) -> StoredFile | None:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(files).where(files.c.org_id == org_id, files.c.id == file_id)
+                )
+            ).first()
+        return _file(row) if row else None
+
+    async def list_files(self, org_id: str, query: FileQuery) -> CursorPage[StoredFile]:
+        # The same cursor semantics as agents: seq follows creation; ``after`` moves
+        # forward in listing order, ``before`` backward; an unknown cursor is an empty page.
+        cq = query.cursor
+        desc = cq.order == "desc"
+        conditions: list[Any] = [files.c.org_id == org_id]
+        if query.status is not None:
+            conditions.append(files.c.status == query.status)
+        if query.file_types:
+            conditions.append(files.c.extension.in_(query.file_types))
+        async with self._tx() as conn:
+            for cursor, forward in ((cq.after, True), (cq.before, False)):
+                if cursor is None:
+                    continue
+                seq = (
+                    await conn.execute(
+                        select(files.c.seq).where(files.c.org_id == org_id, files.c.id == cursor)
+                    )
+                ).scalar_one_or_none()
+                if seq is None:
+                    return CursorPage(items=[], has_more=False)
+                newer = desc != forward
+                conditions.append(files.c.seq > seq if newer else files.c.seq < seq)
+            backward = cq.before is not None and cq.after is None
+            ascending = (not desc) != backward
+            order = files.c.seq.asc() if ascending else files.c.seq.desc()
+            stmt = select(files).where(*conditions).order_by(order)
+            if query.graph_id is None:
+                stmt = stmt.limit(cq.limit + 1)
+            rows = (await conn.execute(stmt)).all()
+        if query.graph_id is not None:
+            # graph_ids is a JSON list: filtered here, the same on every dialect.
+            rows = [r for r in rows if query.graph_id in (r.graph_ids or [])][: cq.limit + 1]
+        has_more = len(rows) > cq.limit
+        items = [_file(r) for r in rows[: cq.limit]]
+        if backward:
+            items.reverse()
+        return CursorPage(items=items, has_more=has_more)
+
+    async def delete_file(self, org_id: str, file_id: str) -> StoredFile | None:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    delete(files)
+                    .where(files.c.org_id == org_id, files.c.id == file_id)
+                    .returning(*files.c)
+                )
+            ).first()
+        return _file(row) if row else None
+
+    async def claim_files(self, limit: int, lease_s: float) -> list[StoredFile]:
+        now = utcnow()
+        waiting = (
+            files.c.status == "in_progress",
+            or_(files.c.lease_expires_at.is_(None), files.c.lease_expires_at < now),
+        )
+        pick = select(files.c.seq).where(*waiting).order_by(files.c.seq).limit(limit)
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        async with self._tx() as conn:
+            # Idle workers poll: a plain read first, so an empty backlog takes no write lock.
+            if (await conn.execute(select(files.c.seq).where(*waiting).limit(1))).first() is None:
+                return []
+            rows = (
+                await conn.execute(
+                    update(files)
+                    .where(files.c.seq.in_(pick.scalar_subquery()))
+                    .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+                    .returning(*files.c)
+                )
+            ).all()
+        return sorted((_file(r) for r in rows), key=lambda f: f.created_at)
+
+    async def set_processed(
+        self,
+        file_id: str,
+        status: FileStatus,
+        text: str | None = None,
+        word_count: int | None = None,
+        error: str | None = None,
+    ) -> StoredFile | None:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    update(files)
+                    .where(files.c.id == file_id)
+                    .values(
+                        status=status,
+                        text=text,
+                        word_count=word_count,
+                        error=error,
+                        lease_expires_at=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(*files.c)
+                )
+            ).first()
+        return _file(row) if row else None
+
+    async def retry_files(self, org_id: str, file_ids: list[str]) -> list[StoredFile]:
+        wanted = list(dict.fromkeys(file_ids))
+        if not wanted:
+            return []
+        async with self._tx() as conn:
+            pick = select(files.c.id, files.c.status).where(
+                files.c.org_id == org_id, files.c.id.in_(wanted)
+            )
+            if self.dialect == "postgresql":
+                pick = pick.with_for_update()
+            found = {r.id: r.status for r in await conn.execute(pick)}
+            for file_id in wanted:
+                if file_id not in found:
+                    raise FileNotFound(file_id)
+            for file_id in wanted:
+                if found[file_id] != "failed":
+                    raise FileNotRetryable(file_id, found[file_id])
+            rows = (
+                await conn.execute(
+                    update(files)
+                    .where(files.c.org_id == org_id, files.c.id.in_(wanted))
+                    .values(
+                        status="in_progress",
+                        error=None,
+                        text=None,
+                        word_count=None,
+                        lease_expires_at=None,
+                        updated_at=utcnow(),
+                    )
+                    .returning(*files.c)
+                )
+            ).all()
+        return [_file(r) for r in rows]
+
+
+def _file(row: Row[Any]) -> StoredFile:
+    m = row._mapping
+    return StoredFile(
+        id=m["id"],
+        org_id=m["org_id"],
+        name=m["name"],
+        mime_type=m["mime_type"],
+        extension=m["extension"],
+        size_bytes=m["size_bytes"],
+        sha256=m["sha256"],
+        storage_key=m["storage_key"],
+        status=m["status"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        graph_ids=list(m["graph_ids"] or []),
+        error=m["error"],
+        text=m["text"],
+        word_count=m["word_count"],
+    )
 
 
 _WORKER_LOST = (

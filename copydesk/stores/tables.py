@@ -210,3 +210,35 @@ rate_events = Table(
     Column("tokens", Integer, nullable=False),
     Index("ix_rate_events_provider_at", "provider", "at"),
 )
+
+# Files (F1-F6): uploaded bytes live in a BlobStore under ``storage_key``; this row is the
+# metadata and, once a worker processed a document, its extracted text.
+files = Table(
+    "files",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("name", String(500), nullable=False),
+    Column("mime_type", String(200), nullable=False),
+    Column("extension", String(16), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("storage_key", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("word_count", Integer, nullable=True),
+    Column("graph_ids", JSON, nullable=False),
+    # Set while a worker extracts the text; an expired lease (a dead worker) is claimed again.
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_files_org_id_seq", "org_id", "seq"),
+    Index(
+        "ix_files_pending",
+        "seq",
+        postgresql_where=text("status = 'in_progress'"),
+        sqlite_where=text("status = 'in_progress'"),
+    ),
+)
