@@ -320,3 +320,37 @@ def test_retry_after_as_an_http_date() -> None:
     seconds = retry_after_seconds({"retry-after": when})
     assert seconds is not None
     assert 28 <= seconds <= 30
+
+
+async def _disconnects_reach(fake: FakeLLMServer, count: int, within_s: float) -> int:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while fake.stats.disconnects < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    return fake.stats.disconnects
+
+
+async def test_a_cancelled_call_closes_its_connection(
+    fake: FakeLLMServer, provider: OpenAICompatProvider
+) -> None:
+    """Cancelling a call (a cancelled job, a shutdown deadline) must stop the work at the
+    model server: it sees the connection go away, for plain and streamed calls alike."""
+    fake.configure(latency_s=3.0)
+    call = asyncio.create_task(provider.generate(PROMPT))
+    await asyncio.sleep(0.3)
+    assert fake.stats.in_flight == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await _disconnects_reach(fake, 1, within_s=1.0) == 1
+
+    async def read_all() -> None:
+        async for _ in provider.stream(PROMPT):
+            pass
+
+    streaming = asyncio.create_task(read_all())
+    await asyncio.sleep(0.3)
+    streaming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await streaming
+    assert await _disconnects_reach(fake, 2, within_s=1.0) == 2
+    assert fake.stats.in_flight == 0
