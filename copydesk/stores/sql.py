@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     Select,
+    Table,
     and_,
     bindparam,
     case,
@@ -281,36 +282,14 @@ class SQLStore:
         async with self._tx() as conn:
             return await self._list_agents(conn, org_id, query)
 
-    async def _cursor_seq(self, conn: AsyncConnection, org_id: str, agent_id: str) -> int | None:
-        return (
-            await conn.execute(
-                select(agents.c.seq).where(agents.c.org_id == org_id, agents.c.id == agent_id)
-            )
-        ).scalar_one_or_none()
-
     async def _list_agents(
         self, conn: AsyncConnection, org_id: str, query: CursorQuery
     ) -> CursorPage[Agent]:
-        # Listing order: seq descending for "desc", ascending for "asc" (seq follows
-        # creation). ``after`` moves forward in listing order, ``before`` backward.
-        desc = query.order == "desc"
-        conditions: list[Any] = [
-            agents.c.org_id == org_id,
-            agents.c.status == "deployed",
-        ]
-        for cursor, forward in ((query.after, True), (query.before, False)):
-            if cursor is None:
-                continue
-            seq = await self._cursor_seq(conn, org_id, cursor)
-            if seq is None:
-                return CursorPage(items=[], has_more=False)
-            newer = desc != forward  # items later in the listing are older when desc
-            conditions.append(agents.c.seq > seq if newer else agents.c.seq < seq)
-        # Walking backward (before only) takes the items nearest the cursor, then
-        # restores listing order.
-        backward = query.before is not None and query.after is None
-        ascending = (not desc) != backward
-        order = agents.c.seq.asc() if ascending else agents.c.seq.desc()
+        window = await _cursor_window(conn, agents, org_id, query)
+        if window is None:
+            return CursorPage(items=[], has_more=False)
+        conditions, order, backward = window
+        conditions.append(agents.c.status == "deployed")
         stmt = (
             select(agents, agent_versions.c.definition, agent_versions.c.version.label("ver"))
             .join(
@@ -417,8 +396,38 @@ def _agent(row: Row[Any]) -> Agent:
     )
 
 
-class SQLJobStore:
-    """``JobStore`` over the same engine as :class:`SQLStore`."""
+async def _cursor_window(
+    conn: AsyncConnection, table: Table, org_id: str, query: CursorQuery
+) -> tuple[list[Any], Any, bool] | None:
+    """Writer's cursor paging over a table with ``org_id``, ``id`` and a creation ``seq``:
+    the conditions and order for one page, and whether it walks backward; None when a
+    cursor is unknown (an empty page).
+
+    Listing order is seq descending for "desc", ascending for "asc"; ``after`` moves
+    forward in listing order, ``before`` backward. Walking backward (``before`` only)
+    takes the rows nearest the cursor: the caller reverses them into listing order.
+    """
+    desc = query.order == "desc"
+    conditions: list[Any] = [table.c.org_id == org_id]
+    for cursor, forward in ((query.after, True), (query.before, False)):
+        if cursor is None:
+            continue
+        seq = (
+            await conn.execute(
+                select(table.c.seq).where(table.c.org_id == org_id, table.c.id == cursor)
+            )
+        ).scalar_one_or_none()
+        if seq is None:
+            return None
+        newer = desc != forward  # items later in the listing are older when desc
+        conditions.append(table.c.seq > seq if newer else table.c.seq < seq)
+    backward = query.before is not None and query.after is None
+    ascending = (not desc) != backward
+    return conditions, table.c.seq.asc() if ascending else table.c.seq.desc(), backward
+
+
+class _SQLPart:
+    """A store over the same engine (and transactions) as :class:`SQLStore`."""
 
     def __init__(self, store: SQLStore) -> None:
         self._store = store
@@ -429,6 +438,10 @@ class SQLJobStore:
 
     def _tx(self) -> Any:
         return self._store._tx()
+
+
+class SQLJobStore(_SQLPart):
+    """``JobStore`` over the same engine as :class:`SQLStore`."""
 
     async def create_jobs(
         self, new_jobs: list[NewJob], enqueue: EnqueueHook | None = None
@@ -961,18 +974,8 @@ class SQLJobStore:
         return [r.provider for r in rows]
 
 
-class SQLFileStore:
+class SQLFileStore(_SQLPart):
     """``FileStore`` over the same engine as :class:`SQLStore`."""
-
-    def __init__(self, store: SQLStore) -> None:
-        self._store = store
-
-    @property
-    def dialect(self) -> str:
-        return self._store.engine.dialect.name
-
-    def _tx(self) -> Any:
-        return self._store._tx()
 
     async def create_file(self, new: NewFile) -> StoredFile:
         now = utcnow()
@@ -1009,31 +1012,16 @@ class SQLFileStore:
         return _file(row) if row else None
 
     async def list_files(self, org_id: str, query: FileQuery) -> CursorPage[StoredFile]:
-        # The same cursor semantics as agents: seq follows creation; ``after`` moves
-        # forward in listing order, ``before`` backward; an unknown cursor is an empty page.
         cq = query.cursor
-        desc = cq.order == "desc"
-        conditions: list[Any] = [files.c.org_id == org_id]
-        if query.status is not None:
-            conditions.append(files.c.status == query.status)
-        if query.file_types:
-            conditions.append(files.c.extension.in_(query.file_types))
         async with self._tx() as conn:
-            for cursor, forward in ((cq.after, True), (cq.before, False)):
-                if cursor is None:
-                    continue
-                seq = (
-                    await conn.execute(
-                        select(files.c.seq).where(files.c.org_id == org_id, files.c.id == cursor)
-                    )
-                ).scalar_one_or_none()
-                if seq is None:
-                    return CursorPage(items=[], has_more=False)
-                newer = desc != forward
-                conditions.append(files.c.seq > seq if newer else files.c.seq < seq)
-            backward = cq.before is not None and cq.after is None
-            ascending = (not desc) != backward
-            order = files.c.seq.asc() if ascending else files.c.seq.desc()
+            window = await _cursor_window(conn, files, org_id, cq)
+            if window is None:
+                return CursorPage(items=[], has_more=False)
+            conditions, order, backward = window
+            if query.status is not None:
+                conditions.append(files.c.status == query.status)
+            if query.file_types:
+                conditions.append(files.c.extension.in_(query.file_types))
             stmt = select(files).where(*conditions).order_by(order)
             if query.graph_id is None:
                 stmt = stmt.limit(cq.limit + 1)
