@@ -197,6 +197,11 @@ class AgentSpec(_Strict):
             seen.add(spec.name)
         return self
 
+    @property
+    def has_files(self) -> bool:
+        """Whether any input takes files or images."""
+        return any(i.input_type in ("file", "media") for i in self.inputs)
+
     def input(self, name: str) -> InputSpec | None:
         return next((spec for spec in self.inputs if spec.name == name), None)
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from copydesk.accounts import Accounts
+from copydesk.attachments import Attachments
 from copydesk.backlog import Backlog
+from copydesk.blobs import BlobStore
 from copydesk.blobs.local import LocalBlobStore
 from copydesk.catalog import Catalog
 from copydesk.config import Settings
+from copydesk.fetching import UrlFetcher
 from copydesk.flow import FlowControl, Limits, MemoryFlowControl
 from copydesk.generation import Generator
 from copydesk.jobs import RetryPolicy
@@ -22,6 +26,9 @@ from copydesk.provider import ProviderRegistry, Providers
 from copydesk.queue import Queue
 from copydesk.stores.sql import SQLFileStore, SQLJobStore, SQLStore
 from copydesk.worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:
+    from copydesk.blobs.s3 import S3BlobStore
 
 log = logging.getLogger("copydesk.app")
 
@@ -35,12 +42,21 @@ class App:
         self.providers = Providers(self.registry, settings)
         self.accounts = Accounts(self.store, settings.static_keys)
         self.catalog = Catalog(self.store, self.providers)
-        self.generator = Generator(self.store, self.catalog, self.providers)
         self.files = SQLFileStore(self.store)
-        self.blobs = LocalBlobStore(settings.files_dir)
-        self.library = Library(self.files, self.blobs, settings.max_upload_bytes)
+        self._s3_blobs: S3BlobStore | None = None
+        self.blobs = self._build_blobs()
         self.queue = self._build_queue()
+        self.library = Library(
+            self.files, self.blobs, settings.max_upload_bytes, dispatch=self.queue.file_hook
+        )
         self.flow = self._build_flow()
+        self.attachments = Attachments(
+            self.files,
+            self.blobs,
+            UrlFetcher(settings.url_fetch_allow, settings.url_fetch_timeout_s),
+            wait_s=settings.file_wait_s,
+        )
+        self.generator = Generator(self.store, self.catalog, self.providers, self.attachments)
         self.backlog = Backlog(
             self.jobs,
             self.catalog,
@@ -73,6 +89,29 @@ class App:
             poll_interval_s=self.settings.poll_interval_s,
         )
 
+    def _build_blobs(self) -> BlobStore:
+        b = self.settings.blobs
+        if b.kind == "s3":
+            from copydesk.blobs.s3 import MiB, S3BlobStore
+
+            assert b.s3_bucket  # checked by BlobSettings
+            self._s3_blobs = S3BlobStore(
+                b.s3_bucket,
+                prefix=b.s3_prefix,
+                endpoint_url=b.s3_endpoint_url,
+                region=b.s3_region,
+                access_key_id=b.s3_access_key_id,
+                secret_access_key=(
+                    b.s3_secret_access_key.get_secret_value() if b.s3_secret_access_key else None
+                ),
+                session_token=(
+                    b.s3_session_token.get_secret_value() if b.s3_session_token else None
+                ),
+                part_size=b.s3_part_size_mb * MiB,
+            )
+            return self._s3_blobs
+        return LocalBlobStore(self.settings.files_dir)
+
     def _build_flow(self) -> FlowControl:
         limits = self._limits()
         if self.settings.is_sqlite:
@@ -92,6 +131,7 @@ class App:
                 max_delay_s=s.retry_max_delay_s,
             ),
             files_poll_s=min(1.0, s.poll_interval_s),
+            files_sweep_s=s.files_sweep_s,
         )
         return Worker(
             self.jobs, self.queue, self.generator, self.flow, options, owner, library=self.library
@@ -104,11 +144,15 @@ class App:
         if migrate:
             await upgrade_to_head(self.store.engine)
         await self.queue.open()
+        if self._s3_blobs is not None:
+            await self._s3_blobs.connect()
 
     async def close(self) -> None:
         await self.queue.close()
         await self.flow.close()
         await self.providers.close()
+        if self._s3_blobs is not None:
+            await self._s3_blobs.close()
         await self.store.close()
 
     async def __aenter__(self) -> App:

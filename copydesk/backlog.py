@@ -39,7 +39,7 @@ class Backlog:
 
     async def submit(self, org_id: str, agent_id: str, raw_inputs: Any) -> Job:
         """Validate exactly as a synchronous call does, store, queue; then answer."""
-        prepared = await self._generator.prepare(org_id, agent_id, raw_inputs)
+        prepared = await self._generator.validate(org_id, agent_id, raw_inputs)
         new = NewJob(
             id=str(uuid.uuid4()),
             org_id=org_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,40 @@ class ProviderSettings(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BlobSettings(BaseModel):
+    """Where uploaded files' bytes are kept: ``local`` (``data_dir/files``) or an
+    S3-compatible bucket (``COPYDESK_BLOBS__KIND=s3``), which scale-out workers share."""
+
+    kind: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = Field(default="", description="keys are stored under this prefix")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="for MinIO and other S3-compatible servers (path-style)"
+    )
+    s3_region: str | None = None
+    s3_access_key_id: str | None = Field(
+        default=None, description="unset: the standard AWS credential chain (AWS_* variables, ...)"
+    )
+    s3_secret_access_key: SecretStr | None = None
+    s3_session_token: SecretStr | None = None
+    s3_part_size_mb: int = Field(default=8, ge=5, description="multipart upload part size")
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> BlobSettings:
+        if self.kind == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "COPYDESK_BLOBS__KIND=s3 needs a bucket: set COPYDESK_BLOBS__S3_BUCKET=NAME "
+                "(and COPYDESK_BLOBS__S3_ENDPOINT_URL=http://HOST:PORT for MinIO or another "
+                "S3-compatible server), or use COPYDESK_BLOBS__KIND=local"
+            )
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both COPYDESK_BLOBS__S3_ACCESS_KEY_ID and "
+                "COPYDESK_BLOBS__S3_SECRET_ACCESS_KEY, or neither (the AWS credential chain)"
+            )
+        return self
 
 
 def _default_providers() -> dict[str, dict[str, Any]]:
@@ -83,6 +117,23 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_upload_mb: int = Field(default=100, ge=1, description="largest file upload (F1), in MB")
+    blobs: BlobSettings = Field(
+        default_factory=BlobSettings,
+        description="uploaded files' bytes: local disk, or S3 with COPYDESK_BLOBS__KIND=s3",
+    )
+    file_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long a call or job waits for a file input still being processed",
+    )
+    url_fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="hosts or networks (CIDR) a URL file input may be fetched from even "
+        "though they are private or loopback; e.g. COPYDESK_URL_FETCH_ALLOW='[\"10.0.0.0/8\"]'",
+    )
+    url_fetch_timeout_s: float = Field(
+        default=20.0, gt=0, description="time limit for fetching a URL file input"
+    )
 
     # --- jobs and workers ---
     engine: Literal["auto", "embedded", "pgqueuer"] = Field(
@@ -96,6 +147,15 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = Field(default=60.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish")
     poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker's queue check")
+    file_concurrency: int = Field(
+        default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"
+    )
+    files_sweep_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="pgqueuer: how often a worker sweeps for uploaded files whose queue "
+        "entry was lost (the embedded engine polls every poll_interval_s)",
+    )
     jobs_page_max: int = Field(default=500, ge=1)
 
     @model_validator(mode="before")

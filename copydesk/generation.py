@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from copydesk.attachments import Attachments, Resolved
 from copydesk.catalog import Catalog
 from copydesk.errors import InvalidInputs
-from copydesk.inputs import FileChecker, parse_inputs, reject_files, validate_inputs
+from copydesk.inputs import check_inputs, parse_inputs
 from copydesk.prompts import render_prompt
 from copydesk.provider import (
     Generation,
@@ -31,12 +32,18 @@ from copydesk.store import Agent, GenerationRecord, Store
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A validated call, ready for a provider."""
+class Validated:
+    """A call whose inputs match the agent's schema (and name usable files)."""
 
     agent: Agent
     values: dict[str, list[str]]
     provider: str
+
+
+@dataclass(frozen=True)
+class Prepared(Validated):
+    """A validated call, its files read, ready for a provider."""
+
     request: GenerationRequest
 
 
@@ -48,13 +55,27 @@ class Answer:
 
 
 def build_request(
-    agent: Agent, values: dict[str, list[str]], default_model: str | None
+    agent: Agent,
+    values: dict[str, list[str]],
+    default_model: str | None,
+    resolved: Resolved | None = None,
 ) -> GenerationRequest:
+    """The provider request: the rendered prompt (file inputs render as their text) and,
+    when there are images, OpenAI-style content parts with the images after the text."""
     spec = agent.spec
     messages: list[Message] = []
     if spec.parameters.system:
         messages.append(Message("system", spec.parameters.system))
-    messages.append(Message("user", render_prompt(spec, values)))
+    rendered = render_prompt(spec, {**values, **(resolved.texts if resolved else {})})
+    if resolved and resolved.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": rendered}]
+        parts.extend(
+            {"type": "image_url", "image_url": {"url": image.data_url()}}
+            for image in resolved.images
+        )
+        messages.append(Message("user", parts))
+    else:
+        messages.append(Message("user", rendered))
     return GenerationRequest(
         messages=messages,
         model=spec.model.name or default_model,
@@ -71,24 +92,46 @@ class Generator:
         store: Store,
         catalog: Catalog,
         providers: Providers,
-        check_files: FileChecker = reject_files,
+        attachments: Attachments,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._providers = providers
-        self._check_files = check_files
+        self._attachments = attachments
 
-    async def prepare(
+    async def validate(
         self, org_id: str, agent_id: str, raw_inputs: Any, version: int | None = None
-    ) -> Prepared:
+    ) -> Validated:
+        """Check a call without reading any file: what accepting a job needs."""
         agent = await self._catalog.get(org_id, agent_id, version)
         items, shape_problems = parse_inputs(raw_inputs)
         if shape_problems:
             raise InvalidInputs(shape_problems)
-        values = validate_inputs(agent.spec, items, check_files=self._check_files)
+        values, problems = check_inputs(agent.spec, items)
         provider = self._providers.resolve_name(agent.spec.model.provider)
-        default_model = self._providers.settings_of(provider).model
-        return Prepared(agent, values, provider, build_request(agent, values, default_model))
+        if agent.spec.has_files:
+            images_ok = self._providers.capabilities(provider).images
+            problems += await self._attachments.check(
+                org_id, agent.spec, values, images_ok=images_ok
+            )
+        if problems:
+            raise InvalidInputs(problems)
+        return Validated(agent, values, provider)
+
+    async def prepare(
+        self, org_id: str, agent_id: str, raw_inputs: Any, version: int | None = None
+    ) -> Prepared:
+        """Validate, then read the files (waiting for ones still being processed)."""
+        checked = await self.validate(org_id, agent_id, raw_inputs, version)
+        agent, values = checked.agent, checked.values
+        resolved = (
+            await self._attachments.resolve(org_id, agent.spec, values)
+            if agent.spec.has_files
+            else None
+        )
+        default_model = self._providers.settings_of(checked.provider).model
+        request = build_request(agent, values, default_model, resolved)
+        return Prepared(agent, values, checked.provider, request)
 
     async def provider(self, prepared: Prepared) -> Provider:
         """The (opened) provider a prepared call goes to."""

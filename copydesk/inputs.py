@@ -5,28 +5,11 @@ Every violation becomes one :class:`~copydesk.errors.Problem` naming the input a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from copydesk.agents import AgentSpec, DropdownOptions, InputSpec
 from copydesk.errors import InvalidInputs, Problem
-
-FileChecker = Callable[[InputSpec, list[str]], list[Problem]]
-
-
-def reject_files(spec: InputSpec, values: list[str]) -> list[Problem]:
-    """File and media inputs are not accepted until the Files API exists."""
-    return [
-        Problem(
-            description=(
-                f"input '{spec.name}': {v!r} is not a file id of this organisation "
-                "(file uploads are not available on this server yet)"
-            ),
-            rule="file_not_found",
-            input=spec.name,
-        )
-        for v in values
-    ]
 
 
 def parse_inputs(raw: Any) -> tuple[list[tuple[str, list[str]]], list[Problem]]:
@@ -59,12 +42,21 @@ def parse_inputs(raw: Any) -> tuple[list[tuple[str, list[str]]], list[Problem]]:
 
 
 def validate_inputs(
-    agent: AgentSpec,
-    items: Iterable[tuple[str, list[str]]],
-    *,
-    check_files: FileChecker = reject_files,
+    agent: AgentSpec, items: Iterable[tuple[str, list[str]]]
 ) -> dict[str, list[str]]:
     """Check inputs against the agent's schema; return values by input name or raise."""
+    values, problems = check_inputs(agent, items)
+    if problems:
+        raise InvalidInputs(problems)
+    return values
+
+
+def check_inputs(
+    agent: AgentSpec, items: Iterable[tuple[str, list[str]]]
+) -> tuple[dict[str, list[str]], list[Problem]]:
+    """Values by input name, and every problem with them. File and media values are
+    checked only for their count and shape here; what they name is checked by
+    :class:`copydesk.attachments.Attachments`."""
     problems: list[Problem] = []
     values: dict[str, list[str]] = {}
     for name, given in items:
@@ -94,14 +86,11 @@ def validate_inputs(
                     Problem(f"input '{spec.name}' is required", "required", input=spec.name)
                 )
             continue
-        problems.extend(_check_one(spec, present, check_files))
-
-    if problems:
-        raise InvalidInputs(problems)
-    return values
+        problems.extend(_check_one(spec, present))
+    return values, problems
 
 
-def _check_one(spec: InputSpec, given: list[str], check_files: FileChecker) -> list[Problem]:
+def _check_one(spec: InputSpec, given: list[str]) -> list[Problem]:
     problems: list[Problem] = []
     empty = [i for i, v in enumerate(given) if not v.strip()]
     if empty:
@@ -141,6 +130,4 @@ def _check_one(spec: InputSpec, given: list[str], check_files: FileChecker) -> l
                         input=spec.name,
                     )
                 )
-    if spec.input_type in ("file", "media") and not empty:
-        problems.extend(check_files(spec, given))
     return problems

@@ -20,7 +20,15 @@ from copydesk import extraction
 from copydesk.blobs import BlobNotFound, BlobStore
 from copydesk.errors import FileNotFound, InvalidRequest, PayloadTooLarge, Problem
 from copydesk.extraction import ExtractionFailed
-from copydesk.store import CursorPage, CursorQuery, FileQuery, FileStore, NewFile, StoredFile
+from copydesk.store import (
+    CursorPage,
+    CursorQuery,
+    FileHook,
+    FileQuery,
+    FileStore,
+    NewFile,
+    StoredFile,
+)
 
 log = logging.getLogger("copydesk.library")
 
@@ -180,8 +188,13 @@ class Library:
         blobs: BlobStore,
         max_upload_bytes: int,
         extract: Extract | None = None,
+        *,
+        dispatch: FileHook | None = None,
     ) -> None:
+        """``dispatch``: the job engine's :attr:`~copydesk.queue.Queue.file_hook`, which
+        queues a stored or retried document for processing in the same transaction."""
         self._files = files
+        self._dispatch = dispatch
         self._blobs = blobs
         self.max_upload_bytes = max_upload_bytes
         self._extract: Extract = extract or extraction.extract
@@ -220,7 +233,7 @@ class Library:
             graph_ids=[graph_id] if graph_id else [],
         )
         try:
-            return await self._files.create_file(new)
+            return await self._files.create_file(new, self._dispatch)
         except BaseException:
             await asyncio.shield(self._blobs.delete(key))
             raise
@@ -290,17 +303,27 @@ class Library:
     async def retry(self, org_id: str, file_ids: list[str]) -> list[StoredFile]:
         if not file_ids:
             raise _bad("'file_ids' must name at least one file", "fileIds")
-        return await self._files.retry_files(org_id, file_ids)
+        return await self._files.retry_files(org_id, file_ids, self._dispatch)
 
     # --- processing (workers) ------------------------------------------------------
 
-    async def process_pending(self, limit: int = 4, lease_s: float = 300.0) -> int:
-        """Claim up to ``limit`` uploaded documents and extract their text; the number
-        processed (0: nothing waiting)."""
-        claimed = await self._files.claim_files(limit, lease_s)
+    async def process_pending(
+        self, limit: int = 4, lease_s: float = 300.0, idle_s: float = 0.0
+    ) -> int:
+        """Claim up to ``limit`` uploaded documents (with ``idle_s``, only those untouched
+        that long) and extract their text; the number processed (0: nothing waiting)."""
+        claimed = await self._files.claim_files(limit, lease_s, idle_s)
         for file in claimed:
             await self.process(file)
         return len(claimed)
+
+    async def process_one(self, file_id: str, lease_s: float = 300.0) -> StoredFile | None:
+        """Claim this uploaded document and extract its text (the job engine dispatched
+        it); None when it no longer waits (processed, deleted, or held by another worker)."""
+        claimed = await self._files.claim_file(file_id, lease_s)
+        if claimed is None:
+            return None
+        return await self.process(claimed)
 
     async def process(self, file: StoredFile) -> StoredFile | None:
         try:

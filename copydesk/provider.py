@@ -161,6 +161,17 @@ class Providers:
             )
         return chosen
 
+    def capabilities(self, name: str | None) -> Capabilities:
+        """What a provider can do, without opening it (no connection, no model load)."""
+        chosen = self.resolve_name(name)
+        provider = self._built.get(chosen)
+        if provider is None:
+            provider = self._registry.build(
+                chosen, self._settings.providers[chosen], self._settings
+            )
+            self._built[chosen] = provider
+        return provider.capabilities
+
     async def get(self, name: str | None) -> Provider:
         chosen = self.resolve_name(name)
         if chosen in self._opened:

@@ -2,7 +2,8 @@
 
 Two engines implement it (:mod:`copydesk.engines`): the embedded one claims straight
 from the jobs table; PgQueuer dispatches entries it keeps beside the jobs table, written
-in the same transaction. Everything above this port (the API, the executor, leases,
+in the same transaction, and dispatches uploaded files the same way (the embedded engine
+leaves them to the worker's claim loop). Everything above this port (the API, the executor, leases,
 retries, results) is the same code for both.
 """
 
@@ -12,12 +13,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from copydesk.store import EnqueueHook, Job
+from copydesk.store import EnqueueHook, FileHook, Job
 
 #: Runs one claimed job to an outcome; the engine calls it, bounded by its concurrency.
 JobRunner = Callable[[Job], Coroutine[Any, Any, None]]
 #: Marks one job (by id) running under this worker; None when it should be skipped.
 JobStarter = Callable[[str], Awaitable[Job | None]]
+#: Processes one uploaded file (by id), if it still waits; engines that dispatch files call it.
+FileRunner = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class Queue(Protocol):
@@ -26,6 +29,18 @@ class Queue(Protocol):
     @property
     def enqueue_hook(self) -> EnqueueHook | None:
         """Called inside the transaction that stores (or re-queues) jobs."""
+        ...
+
+    @property
+    def file_hook(self) -> FileHook | None:
+        """Called inside the transaction that stores (or retries) files to process; None
+        when the engine does not dispatch files."""
+        ...
+
+    @property
+    def dispatches_files(self) -> bool:
+        """Whether ``consume`` hands uploaded files to ``run_file`` (PgQueuer). The worker's
+        file claim loop is then only a slow safety net; otherwise it is the engine."""
         ...
 
     @property
@@ -44,9 +59,15 @@ class Queue(Protocol):
         ...
 
     async def consume(
-        self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
+        self,
+        run: JobRunner,
+        start: JobStarter,
+        owner: str,
+        stop: asyncio.Event,
+        run_file: FileRunner | None = None,
     ) -> None:
         """Feed jobs to ``run`` until ``stop`` is set, then return without claiming more.
+        An engine that ``dispatches_files`` feeds uploaded files' ids to ``run_file``.
 
         ``run`` must be awaited to completion for every job handed over; the worker
         bounds how long that may take after ``stop``.

@@ -291,6 +291,9 @@ class JobStore(Protocol):
 
 #: Called inside the transaction that stores jobs: the queue engine adds its entries there.
 EnqueueHook = Callable[[Any, list[Job]], Awaitable[None]]
+#: Called inside the transaction that stores (or retries) files waiting to be processed,
+#: with their ids: an engine that dispatches file processing adds its entries there.
+FileHook = Callable[[Any, list[str]], Awaitable[None]]
 
 
 # --- files --------------------------------------------------------------------------------
@@ -346,7 +349,10 @@ class FileQuery:
 class FileStore(Protocol):
     """File metadata and extracted text; the bytes live in a :class:`BlobStore`."""
 
-    async def create_file(self, new: NewFile) -> StoredFile: ...
+    async def create_file(self, new: NewFile, dispatch: FileHook | None = None) -> StoredFile:
+        """Store a file; ``dispatch`` is called in the same transaction when it waits to be
+        processed (``in_progress``)."""
+        ...
 
     async def get_file(self, org_id: str, file_id: str) -> StoredFile | None: ...
 
@@ -356,9 +362,17 @@ class FileStore(Protocol):
         """Remove the row; the removed file (to delete its bytes), None if unknown."""
         ...
 
-    async def claim_files(self, limit: int, lease_s: float) -> list[StoredFile]:
+    async def claim_files(
+        self, limit: int, lease_s: float, idle_s: float = 0.0
+    ) -> list[StoredFile]:
         """Take up to ``limit`` files waiting to be processed (``in_progress`` and not held
-        by a live worker), oldest first, under a lease of ``lease_s``."""
+        by a live worker), oldest first, under a lease of ``lease_s``; with ``idle_s``,
+        only files left untouched for at least that long."""
+        ...
+
+    async def claim_file(self, file_id: str, lease_s: float) -> StoredFile | None:
+        """Take this one file under a lease of ``lease_s`` if it waits to be processed
+        (``in_progress``, not held by a live worker); None otherwise."""
         ...
 
     async def set_processed(
@@ -372,7 +386,10 @@ class FileStore(Protocol):
         """Record the end of processing and release the lease."""
         ...
 
-    async def retry_files(self, org_id: str, file_ids: list[str]) -> list[StoredFile]:
-        """Put failed files back to ``in_progress``, all or none. Raises FileNotFound for
-        an unknown id and FileNotRetryable for a file that has not failed."""
+    async def retry_files(
+        self, org_id: str, file_ids: list[str], dispatch: FileHook | None = None
+    ) -> list[StoredFile]:
+        """Put failed files back to ``in_progress``, all or none (``dispatch`` is called in
+        the same transaction). Raises FileNotFound for an unknown id and FileNotRetryable
+        for a file that has not failed."""
         ...

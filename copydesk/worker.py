@@ -24,7 +24,7 @@ from copydesk.generation import Generator
 from copydesk.jobs import Failure, RetryPolicy, classify
 from copydesk.library import Library
 from copydesk.provider import Message
-from copydesk.queue import Queue
+from copydesk.queue import FileRunner, Queue
 from copydesk.store import EnqueueHook, Job, JobStore, Outcome
 
 log = logging.getLogger("copydesk.worker")
@@ -134,8 +134,11 @@ class WorkerOptions:
     lease_s: float = 30.0
     shutdown_grace_s: float = 30.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    #: How often an idle worker looks for uploaded files to process.
+    #: How often an idle worker looks for uploaded files to process (embedded engine).
     files_poll_s: float = 1.0
+    #: How often a worker sweeps for files whose queue entry was lost (an engine that
+    #: dispatches files); a file must have been left untouched this long to be swept.
+    files_sweep_s: float = 30.0
 
 
 class Executor:
@@ -260,9 +263,23 @@ class Executor:
         )
 
 
+#: A rough token cost of one image part (OpenAI counts 85-1105 by size and detail).
+IMAGE_TOKENS = 765
+
+
 def _estimate_tokens(messages: Sequence[Message]) -> int:
-    text = " ".join(str(getattr(m, "content", "")) for m in messages)
-    return max(1, len(text) // 4)
+    chars = 0
+    images = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            chars += len(message.content)
+            continue
+        for part in message.content:
+            if part.get("type") == "image_url":
+                images += 1
+            else:
+                chars += len(str(part.get("text", "")))
+    return max(1, chars // 4) + images * IMAGE_TOKENS
 
 
 class Worker:
@@ -309,9 +326,12 @@ class Worker:
             helpers.append(
                 asyncio.create_task(self.process_pending(self._library), name="file-processor")
             )
+        run_file = None
+        if self._library is not None and self._queue.dispatches_files:
+            run_file = self._file_runner(self._library)
         consumer = asyncio.create_task(
             self._queue.consume(
-                self.executor.run, self.executor.start, self.owner, self.stop_event
+                self.executor.run, self.executor.start, self.owner, self.stop_event, run_file
             ),
             name="consumer",
         )
@@ -344,18 +364,38 @@ class Worker:
             except Exception:
                 log.exception("renewing leases failed")
 
+    @property
+    def _file_lease_s(self) -> float:
+        return max(60.0, self._options.lease_s * 10)
+
+    def _file_runner(self, library: Library) -> FileRunner:
+        async def run_file(file_id: str) -> None:
+            await library.process_one(file_id, lease_s=self._file_lease_s)
+
+        return run_file
+
     async def process_pending(self, library: Library) -> None:
         """Extract the text of uploaded documents, a few at a time, until cancelled.
-        Claiming is safe across workers (leases; SKIP LOCKED on PostgreSQL)."""
+        Claiming is safe across workers (leases; SKIP LOCKED on PostgreSQL).
+
+        On the embedded engine this claim loop is how files get processed. On an engine
+        that dispatches files (PgQueuer) it is only a slow sweep, one batch every
+        ``files_sweep_s``, for files left untouched that long (their entry was lost)."""
+        sweep = self._queue.dispatches_files
+        idle_s = self._options.files_sweep_s if sweep else 0.0
         while True:
             try:
                 done = await library.process_pending(
-                    limit=4, lease_s=max(60.0, self._options.lease_s * 10)
+                    limit=4, lease_s=self._file_lease_s, idle_s=idle_s
                 )
             except Exception:
                 log.exception("processing uploaded files failed")
                 done = 0
-            if not done:
+            if sweep:
+                if done:
+                    log.warning("processed %d file(s) whose queue entry was lost", done)
+                await asyncio.sleep(self._options.files_sweep_s)
+            elif not done:
                 await asyncio.sleep(self._options.files_poll_s)
 
     async def _reap(self) -> None:

@@ -13,8 +13,8 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-from copydesk.queue import JobRunner, JobStarter, RunningJobs
-from copydesk.store import EnqueueHook, Job, JobStore
+from copydesk.queue import FileRunner, JobRunner, JobStarter, RunningJobs
+from copydesk.store import EnqueueHook, FileHook, Job, JobStore
 
 log = logging.getLogger("copydesk.engines.embedded")
 
@@ -44,6 +44,14 @@ class EmbeddedQueue(RunningJobs):
         return None  # the jobs table is the queue
 
     @property
+    def file_hook(self) -> FileHook | None:
+        return None  # the files table is the queue: the worker's claim loop
+
+    @property
+    def dispatches_files(self) -> bool:
+        return False
+
+    @property
     def reap_grace_s(self) -> float:
         return 0.0
 
@@ -58,9 +66,15 @@ class EmbeddedQueue(RunningJobs):
             event.set()
 
     async def consume(
-        self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
+        self,
+        run: JobRunner,
+        start: JobStarter,
+        owner: str,
+        stop: asyncio.Event,
+        run_file: FileRunner | None = None,
     ) -> None:
         del start  # claims mark jobs running in the same statement
+        del run_file  # files are claimed by the worker's own loop
         loops = [
             asyncio.create_task(self._provider_loop(p, n, run, owner, stop), name=f"claim:{p}")
             for p, n in self._concurrency.items()

@@ -10,6 +10,11 @@
 - PgQueuer's heartbeats re-pick the entries of a killed worker after
   ``heartbeat_timeout``; our handler then starts the job only if it is queued or its
   lease has expired (a live duplicate is skipped), and a finished job is skipped.
+- Uploaded files: an entry for ``copydesk.files`` (payload: the file id) is written in
+  the transaction that stores or retries the file (``file_hook``); its handler claims
+  that one file under a lease and extracts its text, ``file_concurrency`` at a time
+  across every worker. The worker's file claim loop is then only a slow sweep for files
+  whose entry was lost.
 - Fair sharing and priorities are folded into PgQueuer's ``priority`` (higher first):
   ``priority * 10**6 - fair_rank``.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +34,9 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from pgqueuer.models import Job as PgJob
 
-from copydesk.queue import JobRunner, JobStarter, RunningJobs
-from copydesk.store import EnqueueHook, Job
+from copydesk.errors import ConfigurationError
+from copydesk.queue import FileRunner, JobRunner, JobStarter, RunningJobs
+from copydesk.store import EnqueueHook, FileHook, Job
 
 if TYPE_CHECKING:
     from copydesk.config import Settings
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("copydesk.engines.pgqueuer")
 
 ENTRYPOINT_PREFIX = "copydesk."
+#: The entrypoint of uploaded files; no provider may be named "files" on this engine.
+FILES_ENTRYPOINT = ENTRYPOINT_PREFIX + "files"
 _RANK_SPAN = 1_000_000
 _INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('copydesk-pgqueuer-install'))"
 
@@ -75,6 +84,11 @@ class PgQueuerQueue(RunningJobs):
 
     def __init__(self, store: SQLStore, concurrency: dict[str, int], settings: Settings) -> None:
         super().__init__()
+        if "files" in concurrency:
+            raise ConfigurationError(
+                "a provider may not be named 'files' with the pgqueuer engine (its "
+                "entrypoint would be the uploaded files' one); rename it in COPYDESK_PROVIDERS"
+            )
         self._store = store
         self._concurrency = concurrency
         self._settings = settings
@@ -85,6 +99,14 @@ class PgQueuerQueue(RunningJobs):
     @property
     def enqueue_hook(self) -> EnqueueHook | None:
         return self._enqueue
+
+    @property
+    def file_hook(self) -> FileHook | None:
+        return self._dispatch_files
+
+    @property
+    def dispatches_files(self) -> bool:
+        return True
 
     @property
     def reap_grace_s(self) -> float:
@@ -111,6 +133,18 @@ class PgQueuerQueue(RunningJobs):
             [max(timedelta(0), j.available_at - now) for j in jobs],
         )
 
+    async def _dispatch_files(self, conn: Any, file_ids: list[str]) -> None:
+        if not file_ids:
+            return
+        raw = (await conn.get_raw_connection()).driver_connection
+        if not raw.is_in_transaction():  # the file rows must have been written first
+            raise RuntimeError("PgQueuer entries must be written in the file's transaction")
+        await Queries(AsyncpgDriver(raw)).enqueue(
+            [FILES_ENTRYPOINT] * len(file_ids),
+            [file_id.encode() for file_id in file_ids],
+            [0] * len(file_ids),
+        )
+
     async def open(self) -> None:
         conn = await asyncpg.connect(dsn_of(self._store.url))
         try:
@@ -128,7 +162,12 @@ class PgQueuerQueue(RunningJobs):
     # --- consumer side -----------------------------------------------------------------
 
     async def consume(
-        self, run: JobRunner, start: JobStarter, owner: str, stop: asyncio.Event
+        self,
+        run: JobRunner,
+        start: JobStarter,
+        owner: str,
+        stop: asyncio.Event,
+        run_file: FileRunner | None = None,
     ) -> None:
         del owner
         conn = await asyncpg.connect(dsn_of(self._store.url))
@@ -156,14 +195,20 @@ class PgQueuerQueue(RunningJobs):
             finally:
                 self.untrack(job.id)
 
+        limits = dict(self._concurrency)
         for provider, limit in self._concurrency.items():
             qm.entrypoint(entrypoint(provider), concurrency_limit=limit)(handle)
+        if run_file is not None:
+            limits["files"] = self._settings.file_concurrency
+            qm.entrypoint(FILES_ENTRYPOINT, concurrency_limit=limits["files"])(
+                _file_handler(run_file)
+            )
 
-        total = sum(self._concurrency.values())
+        total = sum(limits.values())
         # PgQueuer frees a slot of a limited entrypoint when it flushes completions (every
         # 0.1 s or batch_size of them); a batch near the largest limit keeps the busiest
         # provider fed without starving the small ones (their limits hold in SQL).
-        batch = max(1, min(100, max(self._concurrency.values())))
+        batch = max(1, min(100, max(limits.values(), default=1)))
         lease = self._settings.lease_s
         runner = asyncio.create_task(
             qm.run(
@@ -188,3 +233,15 @@ class PgQueuerQueue(RunningJobs):
                     await runner
             await conn.close()
             self._qm = None
+
+
+def _file_handler(run_file: FileRunner) -> Callable[[PgJob], Awaitable[None]]:
+    async def handle_file(pg_job: PgJob) -> None:
+        file_id = (pg_job.payload or b"").decode()
+        try:
+            await run_file(file_id)  # skips a file processed, deleted or held elsewhere
+        except Exception:
+            # The file keeps its lease until it expires; the worker's sweep takes it then.
+            log.exception("file %s: processing failed", file_id)
+
+    return handle_file

@@ -464,6 +464,14 @@ class OpenAICompatProvider:
         return ProviderUnavailable(self.name, message)
 
 
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(value: object) -> bool:
+    """A boolean option, also when it came from the environment as text ("false")."""
+    return value if isinstance(value, bool) else _FLAGS[str(value).lower()]
+
+
 def create(name: str, config: ProviderSettings, settings: Settings) -> OpenAICompatProvider:
     del settings
     if not config.base_url or not config.base_url.startswith(("http://", "https://")):
@@ -472,6 +480,9 @@ def create(name: str, config: ProviderSettings, settings: Settings) -> OpenAICom
             f"/chat/completions, e.g. COPYDESK_PROVIDERS__{name.upper()}__BASE_URL="
             "http://127.0.0.1:8000/v1"
         )
+    images = config.options.get("images", False)
+    if not isinstance(images, bool) and str(images).lower() not in _FLAGS:
+        raise ConfigurationError(f"provider {name!r}: options.images must be true or false")
     extra_body = config.options.get("extra_body", {})
     if not isinstance(extra_body, dict):
         raise ConfigurationError(f"provider {name!r}: options.extra_body must be a mapping")
@@ -483,6 +494,6 @@ def create(name: str, config: ProviderSettings, settings: Settings) -> OpenAICom
         timeout_s=config.timeout_s,
         connect_timeout_s=config.connect_timeout_s,
         max_concurrency=config.max_concurrency,
-        images=bool(config.options.get("images", False)),
+        images=_flag(config.options.get("images", False)),
         extra_body=extra_body,
     )

@@ -40,6 +40,7 @@ from copydesk.store import (
     CursorPage,
     CursorQuery,
     EnqueueHook,
+    FileHook,
     FileQuery,
     FileStatus,
     GenerationRecord,
@@ -977,7 +978,7 @@ class SQLJobStore(_SQLPart):
 class SQLFileStore(_SQLPart):
     """``FileStore`` over the same engine as :class:`SQLStore`."""
 
-    async def create_file(self, new: NewFile) -> StoredFile:
+    async def create_file(self, new: NewFile, dispatch: FileHook | None = None) -> StoredFile:
         now = utcnow()
         async with self._tx() as conn:
             row = (
@@ -1000,6 +1001,8 @@ class SQLFileStore(_SQLPart):
                     .returning(*files.c)
                 )
             ).one()
+            if dispatch is not None and new.status == "in_progress":
+                await dispatch(conn, [new.id])
         return _file(row)
 
     async def get_file(self, org_id: str, file_id: str) -> StoredFile | None:
@@ -1046,12 +1049,16 @@ class SQLFileStore(_SQLPart):
             ).first()
         return _file(row) if row else None
 
-    async def claim_files(self, limit: int, lease_s: float) -> list[StoredFile]:
+    async def claim_files(
+        self, limit: int, lease_s: float, idle_s: float = 0.0
+    ) -> list[StoredFile]:
         now = utcnow()
-        waiting = (
+        waiting = [
             files.c.status == "in_progress",
             or_(files.c.lease_expires_at.is_(None), files.c.lease_expires_at < now),
-        )
+        ]
+        if idle_s > 0:
+            waiting.append(files.c.updated_at <= now - timedelta(seconds=idle_s))
         pick = select(files.c.seq).where(*waiting).order_by(files.c.seq).limit(limit)
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
@@ -1068,6 +1075,24 @@ class SQLFileStore(_SQLPart):
                 )
             ).all()
         return sorted((_file(r) for r in rows), key=lambda f: f.created_at)
+
+    async def claim_file(self, file_id: str, lease_s: float) -> StoredFile | None:
+        now = utcnow()
+        async with self._tx() as conn:
+            # One conditional UPDATE: of two workers handed the same file, one gets it.
+            row = (
+                await conn.execute(
+                    update(files)
+                    .where(
+                        files.c.id == file_id,
+                        files.c.status == "in_progress",
+                        or_(files.c.lease_expires_at.is_(None), files.c.lease_expires_at < now),
+                    )
+                    .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+                    .returning(*files.c)
+                )
+            ).first()
+        return _file(row) if row else None
 
     async def set_processed(
         self,
@@ -1095,7 +1120,9 @@ class SQLFileStore(_SQLPart):
             ).first()
         return _file(row) if row else None
 
-    async def retry_files(self, org_id: str, file_ids: list[str]) -> list[StoredFile]:
+    async def retry_files(
+        self, org_id: str, file_ids: list[str], dispatch: FileHook | None = None
+    ) -> list[StoredFile]:
         wanted = list(dict.fromkeys(file_ids))
         if not wanted:
             return []
@@ -1127,6 +1154,8 @@ class SQLFileStore(_SQLPart):
                     .returning(*files.c)
                 )
             ).all()
+            if dispatch is not None and rows:
+                await dispatch(conn, [r.id for r in rows])
         return [_file(r) for r in rows]
 
 

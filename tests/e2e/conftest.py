@@ -33,6 +33,7 @@ EXAMPLES = REPO / "examples" / "agents"
 PRODUCT_ID = "6f1c2a9e-3b7d-4c52-9a0e-5d8f1b2c3a41"  # examples/agents/product-description.yaml
 SOCIAL_ID = "9a7e2c15-48b6-4d3f-8e1a-c2f5b7d90e36"  # examples/agents/social-post.yaml
 ALT_TEXT_ID = "0d4b8e57-7a31-4f0c-b6a2-91e3c5d7f204"  # examples/agents/alt-text.yaml
+SUMMARY_ID = "65539504-4cfe-4d60-96ea-c14f88c7e0a3"  # examples/agents/document-summary.yaml
 #: A copy of the product description agent with max_tokens 32 (real-model streaming).
 SHORT_PRODUCT_ID = "6f1c2a9e-3b7d-4c52-9a0e-00000000032a"
 
@@ -188,6 +189,10 @@ class ListeningProcess:
         return None if self._process is None else self._process.poll()
 
     @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
     def output(self) -> str:
         return "\n".join(self.lines)
 
@@ -249,6 +254,13 @@ class CopydeskServer:
     def url(self) -> str:
         assert self.process.url, "the server is not running"
         return self.process.url
+
+    @property
+    def pid(self) -> int:
+        """The server process's id, to read its ``/proc/<pid>`` entries."""
+        pid = self.process.pid
+        assert pid is not None, "the server is not running"
+        return pid
 
     def client(self, api_key: str | None = None, **options: Any) -> writerai.Writer:
         return writerai.Writer(

@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     PRODUCT_ID,
     SHORT_PRODUCT_ID,
     SOCIAL_ID,
+    SUMMARY_ID,
     CopydeskServer,
     ListeningProcess,
     clean_env,
@@ -265,7 +266,7 @@ async def test_retrieve_and_list_async(server: CopydeskServer) -> None:
     assert app.name == "Comparison brief"
     assert [i.input_type for i in app.inputs] == ["text", "dropdown", "file"]
     assert app.inputs[2].required is False
-    assert sorted(listed) == sorted([PRODUCT_ID, SOCIAL_ID, ALT_TEXT_ID, BRIEF_ID])
+    assert sorted(listed) == sorted([PRODUCT_ID, SOCIAL_ID, ALT_TEXT_ID, SUMMARY_ID, BRIEF_ID])
 
 
 # --- A3: generate --------------------------------------------------------------------------
@@ -520,8 +521,8 @@ INPUT_RULES = [
     pytest.param(
         brief_inputs(spec_sheet=["https://example.com/sheet.pdf"]),
         "spec_sheet",
-        "file_not_found",
-        id="file-not-a-file-id",
+        "upload_types",  # a URL, where the input takes only uploaded file ids
+        id="file-url-not-allowed",
     ),
     pytest.param(
         [*brief_inputs(), {"id": "products", "value": ["C", "D"]}],
