@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -197,13 +198,17 @@ class AgentSpec(_Strict):
             seen.add(spec.name)
         return self
 
-    @property
+    @cached_property
     def has_files(self) -> bool:
         """Whether any input takes files or images."""
         return any(i.input_type in ("file", "media") for i in self.inputs)
 
+    @cached_property
+    def _inputs_by_name(self) -> dict[str, InputSpec]:
+        return {spec.name: spec for spec in self.inputs}
+
     def input(self, name: str) -> InputSpec | None:
-        return next((spec for spec in self.inputs if spec.name == name), None)
+        return self._inputs_by_name.get(name)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

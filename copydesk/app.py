@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from copydesk.accounts import Accounts
 from copydesk.attachments import Attachments
 from copydesk.backlog import Backlog
+from copydesk.batching import Batches
 from copydesk.blobs import BlobStore
 from copydesk.blobs.local import LocalBlobStore
 from copydesk.catalog import Catalog
@@ -19,12 +20,18 @@ from copydesk.config import Settings
 from copydesk.fetching import UrlFetcher
 from copydesk.flow import FlowControl, Limits, MemoryFlowControl
 from copydesk.generation import Generator
+from copydesk.idempotency import Idempotency
 from copydesk.jobs import RetryPolicy
 from copydesk.library import Library
 from copydesk.migrations import upgrade_to_head
 from copydesk.provider import ProviderRegistry, Providers
 from copydesk.queue import Queue
+from copydesk.stores.batches import SQLBatchStore
+from copydesk.stores.idempotency import SQLIdempotencyStore
 from copydesk.stores.sql import SQLFileStore, SQLJobStore, SQLStore
+from copydesk.stores.webhooks import SQLWebhookStore
+from copydesk.subscriptions import Courier, Subscriptions
+from copydesk.webhooks import DeliveryPolicy
 from copydesk.worker import Worker, WorkerOptions
 
 if TYPE_CHECKING:
@@ -43,6 +50,16 @@ class App:
         self.accounts = Accounts(self.store, settings.static_keys)
         self.catalog = Catalog(self.store, self.providers)
         self.files = SQLFileStore(self.store)
+        self.webhook_store = SQLWebhookStore(self.store)
+        self.subscriptions = Subscriptions(
+            self.webhook_store, settings.webhook_allow, self._delivery_policy()
+        )
+        self.idempotency = Idempotency(
+            SQLIdempotencyStore(self.store),
+            ttl_s=settings.idempotency_ttl_s,
+            lease_s=settings.idempotency_lease_s,
+            wait_s=settings.idempotency_wait_s,
+        )
         self._s3_blobs: S3BlobStore | None = None
         self.blobs = self._build_blobs()
         self.queue = self._build_queue()
@@ -63,6 +80,15 @@ class App:
             self.generator,
             self.queue,
             settings.max_attempts,
+            settings.jobs_page_max,
+        )
+        self.batches = Batches(
+            SQLBatchStore(self.store),
+            self.catalog,
+            self.generator,
+            self.queue,
+            settings.max_attempts,
+            settings.batch_max_rows,
             settings.jobs_page_max,
         )
 
@@ -120,6 +146,23 @@ class App:
 
         return PostgresFlowControl(self.store, limits)
 
+    def _delivery_policy(self) -> DeliveryPolicy:
+        s = self.settings
+        return DeliveryPolicy(
+            backoff_s=tuple(s.webhook_backoff_s), max_attempts=s.webhook_max_attempts
+        )
+
+    def courier(self) -> Courier:
+        """A webhook delivery loop (each worker runs one)."""
+        s = self.settings
+        return Courier(
+            self.webhook_store,
+            self._delivery_policy(),
+            s.webhook_allow,
+            timeout_s=s.webhook_timeout_s,
+            poll_s=s.webhook_poll_s,
+        )
+
     def worker(self, owner: str | None = None) -> Worker:
         s = self.settings
         options = WorkerOptions(
@@ -134,7 +177,14 @@ class App:
             files_sweep_s=s.files_sweep_s,
         )
         return Worker(
-            self.jobs, self.queue, self.generator, self.flow, options, owner, library=self.library
+            self.jobs,
+            self.queue,
+            self.generator,
+            self.flow,
+            options,
+            owner,
+            library=self.library,
+            courier=self.courier(),
         )
 
     async def open(self, *, migrate: bool = True) -> None:

@@ -1,4 +1,5 @@
-"""Job operations for the API: submit (validated, durable, queued), read, list, retry."""
+"""Job operations for the API: submit (validated, durable, queued), read, list, retry,
+cancel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from copydesk.catalog import Catalog
 from copydesk.errors import InvalidRequest, JobNotFound, Problem
 from copydesk.generation import Generator
-from copydesk.jobs import WireStatus, statuses_for
+from copydesk.jobs import PRIORITY_MAX, PRIORITY_MIN, WireStatus, statuses_for
 from copydesk.queue import Queue
 from copydesk.store import Attempt, Job, JobPage, JobStore, NewJob
 
@@ -37,8 +38,20 @@ class Backlog:
         self._max_attempts = max_attempts
         self.page_max = page_max
 
-    async def submit(self, org_id: str, agent_id: str, raw_inputs: Any) -> Job:
+    async def submit(
+        self, org_id: str, agent_id: str, raw_inputs: Any, *, priority: int | None = None
+    ) -> Job:
         """Validate exactly as a synchronous call does, store, queue; then answer."""
+        if priority is not None and not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise InvalidRequest(
+                [
+                    Problem(
+                        f"'priority' must be between {PRIORITY_MIN} and {PRIORITY_MAX}",
+                        "range",
+                        input="priority",
+                    )
+                ]
+            )
         prepared = await self._generator.validate(org_id, agent_id, raw_inputs)
         new = NewJob(
             id=str(uuid.uuid4()),
@@ -48,16 +61,17 @@ class Backlog:
             provider=prepared.provider,
             inputs=[{"id": k, "value": v} for k, v in prepared.values.items()],
             max_attempts=self._max_attempts,
+            priority=priority or 0,
         )
         (job,) = await self._jobs.create_jobs([new], self._queue.enqueue_hook)
         self._queue.notify()
         return job
 
     async def get(self, org_id: str, job_id: str) -> JobDetail:
-        job = await self._jobs.get_job(org_id, job_id)
-        if job is None:
+        found = await self._jobs.get_job_detail(org_id, job_id)
+        if found is None:
             raise JobNotFound(job_id)
-        return JobDetail(job, await self._jobs.list_attempts(job.id))
+        return JobDetail(*found)
 
     async def page(
         self, org_id: str, agent_id: str, status: WireStatus | None, offset: int, limit: int
@@ -81,3 +95,12 @@ class Backlog:
         )
         self._queue.notify()
         return job
+
+    async def cancel(self, org_id: str, job_id: str) -> JobDetail:
+        """Cancel a queued or running job; a finished one (cancelled included) is answered
+        as it is. A running attempt in this process is aborted at once; in another worker
+        process, within that worker's ``cancel_poll_s``."""
+        cancelled = await self._jobs.cancel_jobs(org_id, [job_id])
+        if cancelled:
+            self._queue.abort([job.id for job in cancelled])
+        return await self.get(org_id, job_id)

@@ -92,6 +92,10 @@ class Catalog:
         first reads share one query."""
         key = (org_id, agent_id, version)
         pending = self._versions.get(key)
+        if pending is not None and pending.done() and not pending.cancelled():
+            cached = pending.result() if pending.exception() is None else None
+            if cached is not None:
+                return cached  # the common case on a worker: no new future per job
         if pending is None:
             pending = asyncio.ensure_future(self._store.get_agent(org_id, agent_id, version))
             if len(self._versions) >= 1024:

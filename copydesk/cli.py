@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -19,6 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from copydesk.app import App
+from copydesk.client import (
+    DEFAULT_BASE_URL,
+    Client,
+    ExportFormat,
+    ServerError,
+    ServerUnreachable,
+    content_type,
+)
 from copydesk.config import Settings
 from copydesk.errors import AgentDefinitionInvalid, CopydeskError, NotFound
 
@@ -30,7 +39,12 @@ agents_cli = typer.Typer(help="Deploy and inspect agents.", no_args_is_help=True
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(agents_cli, name="agents")
+jobs_cli = typer.Typer(
+    help="Batches and jobs on a running server, over HTTP (key: --api-key or WRITER_API_KEY).",
+    no_args_is_help=True,
+)
 cli.add_typer(db_cli, name="db")
+cli.add_typer(jobs_cli, name="jobs")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -60,9 +74,24 @@ def print_table(table: Table) -> None:
     Console(soft_wrap=True, width=max(out.width, natural)).print(table)
 
 
+#: Young-generation collections every 20,000 net allocations instead of 700: a worker
+#: allocates tens of short-lived objects per job, and the default threshold spent 10-18 %
+#: of a busy worker's samples in the collector (bench/README.md, engine overhead).
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer collections for a long-lived process: everything loaded so far (modules,
+    settings) is moved out of the collector's view, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run a long-lived process's loop on uvloop when it is installed (it is, with
     uvicorn[standard], on Linux): the server and the worker spend their time in I/O."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -357,6 +386,358 @@ def db_upgrade() -> None:
 
     run(load_settings(), body)
     out.print("database is at the newest schema")
+
+
+# --- jobs (a running server, over HTTP) ------------------------------------------------------
+
+#: ``jobs submit``: the batch ended with failed or cancelled rows.
+EXIT_ROWS_FAILED = 1
+
+BaseUrl = Annotated[
+    str,
+    typer.Option(
+        "--base-url",
+        envvar=["COPYDESK_BASE_URL", "WRITER_BASE_URL"],
+        help="the server (env COPYDESK_BASE_URL or WRITER_BASE_URL)",
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="WRITER_API_KEY",
+        help="API key (env WRITER_API_KEY)",
+        show_default=False,
+    ),
+]
+
+
+def remote(base_url: str, api_key: str | None, body: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``body`` with a client of the server; its errors become exit code 2 with the
+    server's messages."""
+    if not api_key:
+        err.print("no API key: pass --api-key or set WRITER_API_KEY", style="red", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    async def main() -> T:
+        async with Client(base_url, api_key) as client:
+            return await body(client)
+
+    try:
+        return asyncio.run(main())
+    except ServerError as exc:
+        for description in exc.descriptions:
+            err.print(description, style="red", markup=False, highlight=False)
+        raise typer.Exit(EXIT_USAGE) from exc
+    except ServerUnreachable as exc:
+        err.print(f"cannot reach the server: {exc.message}", style="red", markup=False)
+        raise typer.Exit(EXIT_USAGE) from exc
+
+
+def counts_line(counts: dict[str, Any]) -> str:
+    return (
+        f"{counts['completed']} completed, {counts['failed']} failed, "
+        f"{counts['cancelled']} cancelled, {counts['in_progress']} in progress "
+        f"(of {counts['total']})"
+    )
+
+
+def export_format(fmt: str | None, path: Path | None) -> ExportFormat:
+    chosen = fmt or ("csv" if path is not None and path.suffix.lower() == ".csv" else "jsonl")
+    if chosen not in ("jsonl", "csv"):
+        err.print(f"--format is jsonl or csv, not {chosen!r}", style="red", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    return "csv" if chosen == "csv" else "jsonl"
+
+
+async def write_export(client: Client, batch_id: str, fmt: ExportFormat, path: Path) -> None:
+    """The export streamed into ``path`` (a temporary file renamed into place at the end)."""
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("wb") as f:
+        async for chunk in client.results(batch_id, fmt):
+            f.write(chunk)
+    partial.replace(path)
+
+
+class Follower:
+    """Shows a batch's progress: a rich bar on a terminal, otherwise plain lines (at most
+    one a second, and the last); logs each finished row to ``log`` as it ends."""
+
+    def __init__(self, batch: dict[str, Any], log: Path | None) -> None:
+        self.batch_id = batch["id"]
+        self.total = int(batch["request_counts"]["total"])
+        self.log = log
+        self.plain = not (out.is_terminal and err.is_terminal)
+        self.started = time.monotonic()
+        self.done_at_start: int | None = None
+        self.printed = 0.0
+        self.counts: dict[str, Any] = batch["request_counts"]
+
+    async def run(self, client: Client) -> dict[str, Any]:
+        """Follow until the batch is done; its last progress (``status``, counts)."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+            disable=self.plain,
+        )
+        task = progress.add_task(f"batch {self.batch_id[:8]}", total=self.total, counts="")
+        last: dict[str, Any] = {"status": "in_progress", "request_counts": self.counts}
+        log = self.log.open("a", encoding="utf-8") if self.log is not None else None
+        try:
+            with progress:
+                async for event in client.events(self.batch_id):
+                    if event.kind in ("progress", "done"):
+                        last = event.data
+                        self.counts = event.data["request_counts"]
+                        finished = self.total - int(self.counts["in_progress"])
+                        short = (
+                            f"{self.counts['completed']} ok · {self.counts['failed']} failed"
+                            f" · {self.counts['cancelled']} cancelled"
+                        )
+                        progress.update(task, completed=finished, counts=short)
+                        self._plain_line(finished, final=event.kind == "done")
+                    elif event.kind == "row":
+                        if log is not None:
+                            log.write(json.dumps(event.data) + "\n")
+                            log.flush()
+                        if event.data.get("status") != "completed":
+                            custom = event.data.get("custom_id")
+                            label = f"row {event.data.get('row_index')}" + (
+                                f" ({custom})" if custom else ""
+                            )
+                            progress.console.print(
+                                f"{label} {event.data.get('status')}: {event.data.get('error')}",
+                                markup=False,
+                                highlight=False,
+                            )
+        finally:
+            if log is not None:
+                log.close()
+        return last
+
+    def _plain_line(self, finished: int, *, final: bool) -> None:
+        if not self.plain:
+            return
+        now = time.monotonic()
+        if self.done_at_start is None:
+            self.done_at_start = finished
+        if not final and now - self.printed < 1.0:
+            return
+        self.printed = now
+        eta = ""
+        ran = finished - self.done_at_start
+        if not final and ran > 0 and finished < self.total:
+            seconds = (now - self.started) / ran * (self.total - finished)
+            eta = f", ETA {seconds:.0f}s"
+        err.print(
+            f"batch {self.batch_id}: {finished}/{self.total} done; {counts_line(self.counts)}{eta}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@jobs_cli.command("submit")
+def jobs_submit(
+    agent: Annotated[str, typer.Argument(help="application id (or its unique name)")],
+    rows: Annotated[
+        Path,
+        typer.Argument(help="rows: .csv, .jsonl or .json", exists=True, dir_okay=False),
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="write the results here when the batch is done (.csv: CSV, otherwise JSONL)",
+        ),
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="-100..100 (default -1)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every row only")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="print the batch id and return")
+    ] = False,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Create a batch from a file of rows, follow its progress, write its results.
+
+    The batch id is printed on stdout. While it runs, each finished row is appended to
+    OUT.part (JSON lines: row_index, custom_id, job_id, status, error); when it is done,
+    the export (every row in row order, as `jobs export` writes it) replaces OUT and the
+    .part file is removed. Exit code 0 when every row completed, 1 when any failed or
+    was cancelled, 2 for a usage or server error (the server's message is printed).
+    """
+    try:
+        kind = content_type(rows)
+    except ValueError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(EXIT_USAGE) from exc
+    body = rows.read_bytes()
+    fmt = export_format(None, out_file)
+
+    async def submit(client: Client) -> int:
+        agent_id = await client.resolve_agent(agent)
+        created = await client.submit_batch(
+            agent_id, body, kind, priority=priority, dry_run=dry_run
+        )
+        if dry_run:
+            return print_dry_run(created)
+        batch_id = created["id"]
+        out.print(batch_id, markup=False, highlight=False)
+        sys.stdout.flush()
+        err.print(
+            f"batch {batch_id}: {created['request_counts']['total']} rows queued",
+            markup=False,
+            highlight=False,
+        )
+        if no_wait:
+            return 0
+        log = out_file.with_name(out_file.name + ".part") if out_file is not None else None
+        try:
+            last = await Follower(created, log).run(client)
+        except asyncio.CancelledError:
+            err.print(
+                f"stopped following; the batch keeps running: copydesk jobs export {batch_id}",
+                markup=False,
+            )
+            raise
+        counts = last["request_counts"]
+        if out_file is not None:
+            await write_export(client, batch_id, fmt, out_file)
+            if log is not None:
+                log.unlink(missing_ok=True)
+        err.print(
+            f"batch {batch_id} {last['status']}: {counts_line(counts)}"
+            + (f"; results in {out_file}" if out_file is not None else ""),
+            markup=False,
+            highlight=False,
+        )
+        ok = last["status"] == "completed" and counts["failed"] == counts["cancelled"] == 0
+        return 0 if ok else EXIT_ROWS_FAILED
+
+    try:
+        code = remote(base_url, api_key, submit)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def print_dry_run(report: dict[str, Any]) -> int:
+    err.print(
+        f"dry run: {report['total']} rows, {report['valid']} valid, {report['invalid']} invalid",
+        markup=False,
+        highlight=False,
+    )
+    for row in report["rows"]:
+        for problem in row["problems"]:
+            custom = f" ({row['custom_id']})" if row["custom_id"] else ""
+            err.print(
+                f"row {row['row_index']}{custom}: {problem['description']}",
+                markup=False,
+                highlight=False,
+            )
+    return 0 if report["invalid"] == 0 else EXIT_ROWS_FAILED
+
+
+@jobs_cli.command("export")
+def jobs_export(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl or csv (default: by --out, else jsonl)")
+    ] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="file (default: stdout)")] = None,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Write a batch's results (every row in row order: inputs, status, output, error)."""
+    chosen = export_format(fmt, out_file)
+
+    async def export(client: Client) -> None:
+        if out_file is not None:
+            await write_export(client, batch_id, chosen, out_file)
+            return
+        async for chunk in client.results(batch_id, chosen):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    remote(base_url, api_key, export)
+
+
+@jobs_cli.command("status")
+def jobs_status(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the batch object")] = False,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Print a batch's status and counts."""
+    batch = remote(base_url, api_key, lambda client: client.batch(batch_id))
+    if as_json:
+        out.print_json(json.dumps(batch))
+        return
+    out.print(
+        f"batch {batch['id']} {batch['status']}: {counts_line(batch['request_counts'])}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@jobs_cli.command("retry-failed")
+def jobs_retry_failed(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Queue a batch's failed rows again (same job ids); print the new counts."""
+    batch = remote(base_url, api_key, lambda client: client.retry_batch(batch_id))
+    out.print(
+        f"batch {batch['id']} {batch['status']}: {counts_line(batch['request_counts'])}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(
+    target: Annotated[str, typer.Argument(help="a job id or a batch id")],
+    batch: Annotated[bool, typer.Option("--batch", help="TARGET is a batch")] = False,
+    job: Annotated[bool, typer.Option("--job", help="TARGET is a job")] = False,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a job, or every queued and running row of a batch (without --job or --batch:
+    a job with that id, else a batch). Harmless twice; prints the resulting status."""
+    if batch and job:
+        err.print("--batch and --job exclude each other", style="red", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    async def cancel(client: Client) -> str:
+        if not batch:
+            try:
+                done = await client.cancel_job(target)
+                return f"job {done['id']} {done['status']}"
+            except ServerError as exc:
+                if job or exc.status != 404:
+                    raise
+        cancelled = await client.cancel_batch(target)
+        counts = counts_line(cancelled["request_counts"])
+        return f"batch {cancelled['id']} {cancelled['status']}: {counts}"
+
+    out.print(remote(base_url, api_key, cancel), markup=False, highlight=False)
 
 
 def main() -> None:

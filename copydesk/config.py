@@ -134,6 +134,25 @@ class Settings(BaseSettings):
     url_fetch_timeout_s: float = Field(
         default=20.0, gt=0, description="time limit for fetching a URL file input"
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="hosts or networks (CIDR) webhook endpoints may point at even though "
+        "they are private or loopback; e.g. COPYDESK_WEBHOOK_ALLOW='[\"127.0.0.1\"]'",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="time limit for one webhook delivery attempt"
+    )
+    webhook_backoff_s: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 10800.0, 21600.0],
+        description="waits before each retry of a failed webhook delivery (the last "
+        "repeats), jittered by 20 %",
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="attempts per webhook delivery before it is failed"
+    )
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, description="how often an idle worker looks for due webhooks"
+    )
 
     # --- jobs and workers ---
     engine: Literal["auto", "embedded", "pgqueuer"] = Field(
@@ -146,7 +165,9 @@ class Settings(BaseSettings):
     retry_base_delay_s: float = Field(default=1.0, ge=0)
     retry_max_delay_s: float = Field(default=60.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish")
-    poll_interval_s: float = Field(default=1.0, gt=0, description="idle worker's queue check")
+    poll_interval_s: float = Field(
+        default=0.2, gt=0, description="idle worker's queue check (another process's new jobs)"
+    )
     file_concurrency: int = Field(
         default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"
     )
@@ -157,6 +178,25 @@ class Settings(BaseSettings):
         "entry was lost (the embedded engine polls every poll_interval_s)",
     )
     jobs_page_max: int = Field(default=500, ge=1)
+
+    # --- idempotency keys (Idempotency-Key on creates) ---
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600.0, gt=0, description="how long a create's answer is replayed"
+    )
+    idempotency_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a key held by a request that stopped (a crash) is free after this long",
+    )
+    idempotency_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long a duplicate waits for the first request's answer before a 409",
+    )
+    batch_max_rows: int = Field(default=100_000, ge=1, description="rows in one batch")
+    batch_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest batch body (JSON, JSONL, CSV)"
+    )
 
     @model_validator(mode="before")
     @classmethod

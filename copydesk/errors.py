@@ -70,6 +70,18 @@ class FileNotFound(NotFound):
     resource = "file"
 
 
+class BatchNotFound(NotFound):
+    resource = "batch"
+
+
+class WebhookNotFound(NotFound):
+    resource = "webhook endpoint"
+
+
+class DeliveryNotFound(NotFound):
+    resource = "webhook delivery"
+
+
 class ApiKeyNotFound(NotFound):
     resource = "api key"
 
@@ -92,6 +104,29 @@ class FileNotRetryable(CopydeskError):
         self.status = status
 
 
+class IdempotencyKeyReused(CopydeskError):
+    """An Idempotency-Key already used for a different request (method, path or body)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key {key!r} was already used for a different request "
+            "(another method, path, query or body); use a new key for a new request"
+        )
+        self.key = key
+
+
+class IdempotencyKeyInProgress(CopydeskError):
+    """The request that first used this Idempotency-Key is still being processed."""
+
+    def __init__(self, key: str, waited_s: float) -> None:
+        super().__init__(
+            f"a request with the Idempotency-Key {key!r} is still being processed "
+            f"(waited {waited_s:g}s); retry shortly to get its answer"
+        )
+        self.key = key
+        self.waited_s = waited_s
+
+
 class PayloadTooLarge(CopydeskError):
     """An upload over the size limit (checked while it is read, before it is stored)."""
 
@@ -101,6 +136,25 @@ class PayloadTooLarge(CopydeskError):
             f"({limit_bytes // (1024 * 1024)} MB)"
         )
         self.limit_bytes = limit_bytes
+
+
+class BatchTooLarge(PayloadTooLarge):
+    """A batch body over the batch size limit (checked while it is read)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(limit_bytes)
+        self.message = (
+            f"the batch body is larger than the limit of {limit_bytes} bytes "
+            "(COPYDESK_BATCH_MAX_BYTES)"
+        )
+        self.args = (self.message,)
+
+
+class BatchNotRetryable(CopydeskError):
+    def __init__(self, batch_id: str, status: str) -> None:
+        super().__init__(f"batch {batch_id!r} is {status}; its failed rows cannot be retried")
+        self.batch_id = batch_id
+        self.status = status
 
 
 class Unauthenticated(CopydeskError):

@@ -91,11 +91,11 @@ def _public(ip: IPAddress) -> bool:
     )
 
 
-class _RefusedAddress(OSError):
+class RefusedAddress(OSError):
     pass
 
 
-class _GuardedResolver(AbstractResolver):
+class GuardedResolver(AbstractResolver):
     """aiohttp's resolver, keeping only the addresses the policy allows."""
 
     def __init__(self, policy: AddressPolicy) -> None:
@@ -108,7 +108,7 @@ class _GuardedResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         allowed = [r for r in found if self._policy.address_allowed(host, r["host"])]
         if not allowed:
-            raise _RefusedAddress(f"{host} resolves only to private or reserved addresses")
+            raise RefusedAddress(f"{host} resolves only to private or reserved addresses")
         return allowed
 
     async def close(self) -> None:
@@ -136,6 +136,18 @@ def looks_like_url(value: str) -> bool:
     return bool(_SCHEME.match(value))
 
 
+def refusal(policy: AddressPolicy, url: str) -> str | None:
+    """A reason to refuse ``url`` under ``policy`` known without DNS (bad syntax, a private
+    IP literal); None when it may be tried (the resolver still checks the names)."""
+    problem = check_url_syntax(url)
+    if problem:
+        return problem
+    host = urlsplit(url).hostname or ""
+    if _ip(host) is not None and not policy.address_allowed(host, host):
+        return f"points at a private or reserved address ({host}), which is not allowed"
+    return None
+
+
 class UrlFetcher:
     def __init__(self, allow: list[str], timeout_s: float) -> None:
         self.policy = AddressPolicy(allow)
@@ -143,13 +155,7 @@ class UrlFetcher:
 
     def refusal(self, url: str) -> str | None:
         """A reason to refuse ``url`` known without DNS (bad syntax, a private IP literal)."""
-        problem = check_url_syntax(url)
-        if problem:
-            return problem
-        host = urlsplit(url).hostname or ""
-        if _ip(host) is not None and not self.policy.address_allowed(host, host):
-            return f"points at a private or reserved address ({host}), which is not allowed"
-        return None
+        return refusal(self.policy, url)
 
     async def fetch(self, url: str, max_bytes: int) -> Fetched:
         try:
@@ -159,7 +165,7 @@ class UrlFetcher:
             raise FetchFailed(f"{url}: no complete answer within {self._timeout_s:g}s") from None
 
     async def _fetch(self, url: str, max_bytes: int) -> Fetched:
-        connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self.policy), limit=1)
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy), limit=1)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             current = url
             for _ in range(MAX_REDIRECTS + 1):
@@ -186,7 +192,7 @@ class UrlFetcher:
                             filename=unquote(path.rsplit("/", 1)[-1]),
                         )
                 except aiohttp.ClientConnectorError as exc:
-                    if isinstance(exc.os_error, _RefusedAddress):
+                    if isinstance(exc.os_error, RefusedAddress):
                         raise FetchFailed(f"{current}: {exc.os_error}") from None
                     raise FetchFailed(f"{current}: could not connect ({exc.os_error})") from None
                 except aiohttp.ClientError as exc:

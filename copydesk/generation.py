@@ -6,16 +6,17 @@ a synchronous call go through the same validation and rendering.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from copydesk.attachments import Attachments, Resolved
 from copydesk.catalog import Catalog
-from copydesk.errors import InvalidInputs
+from copydesk.errors import InvalidInputs, Problem
 from copydesk.inputs import check_inputs, parse_inputs
 from copydesk.prompts import render_prompt
 from copydesk.provider import (
@@ -118,6 +119,30 @@ class Generator:
             raise InvalidInputs(problems)
         return Validated(agent, values, provider)
 
+    async def validate_many(
+        self, org_id: str, agent_id: str, rows: Sequence[Any]
+    ) -> tuple[Agent, str, list[tuple[dict[str, list[str]], list[Problem]]]]:
+        """:meth:`validate` for many calls of one agent (a batch): the agent and its
+        provider are looked up once; every row gets its values and problems, none raised."""
+        agent = await self._catalog.get(org_id, agent_id)
+        provider = self._providers.resolve_name(agent.spec.model.provider)
+        images_ok = agent.spec.has_files and self._providers.capabilities(provider).images
+        checked: list[tuple[dict[str, list[str]], list[Problem]]] = []
+        for index, raw in enumerate(rows):
+            if index % 1000 == 999:
+                await asyncio.sleep(0)  # a large batch: let other requests run meanwhile
+            items, problems = parse_inputs(raw)
+            if problems:
+                checked.append(({}, problems))
+                continue
+            values, problems = check_inputs(agent.spec, items)
+            if agent.spec.has_files:
+                problems += await self._attachments.check(
+                    org_id, agent.spec, values, images_ok=images_ok
+                )
+            checked.append((values, problems))
+        return agent, provider, checked
+
     async def prepare(
         self, org_id: str, agent_id: str, raw_inputs: Any, version: int | None = None
     ) -> Prepared:
@@ -132,6 +157,24 @@ class Generator:
         default_model = self._providers.settings_of(checked.provider).model
         request = build_request(agent, values, default_model, resolved)
         return Prepared(agent, values, checked.provider, request)
+
+    async def prepare_job(
+        self, org_id: str, agent_id: str, version: int, inputs: list[dict[str, Any]]
+    ) -> Prepared:
+        """A stored job's call. Its inputs were validated when it was accepted, against
+        this same immutable agent version, so only its files are read (and re-checked:
+        one may have been deleted since) before the request is built."""
+        agent = await self._catalog.get(org_id, agent_id, version)
+        values = {str(item["id"]): list(item["value"]) for item in inputs}
+        provider = self._providers.resolve_name(agent.spec.model.provider)
+        resolved = (
+            await self._attachments.resolve(org_id, agent.spec, values)
+            if agent.spec.has_files
+            else None
+        )
+        default_model = self._providers.settings_of(provider).model
+        request = build_request(agent, values, default_model, resolved)
+        return Prepared(agent, values, provider, request)
 
     async def provider(self, prepared: Prepared) -> Provider:
         """The (opened) provider a prepared call goes to."""

@@ -23,6 +23,13 @@ from copydesk.prompts import PromptRenderError
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 WireStatus = Literal["in_progress", "completed", "failed"]
 
+#: The error of a job cancelled by request (and of the attempt it ended).
+CANCELLED_ERROR = "cancelled by request"
+#: Priorities a caller may give (higher runs first); single jobs default to 0, and a
+#: batch's rows to -1, so interactive work is not stuck behind a big batch.
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+BATCH_PRIORITY = -1
+
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
 TERMINAL: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
 _WIRE: dict[str, WireStatus] = {

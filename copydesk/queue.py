@@ -82,19 +82,27 @@ class Queue(Protocol):
         """Cancel the running jobs (shutdown deadline passed); their runners release them."""
         ...
 
+    def abort(self, job_ids: list[str]) -> list[str]:
+        """Cancel the tasks running these jobs here (the jobs were cancelled by request;
+        their runners record the attempt as cancelled); the ids that were running here.
+        A job is aborted once: asking again while its runner winds down does nothing."""
+        ...
+
 
 class RunningJobs:
-    """The jobs a consumer is running, by id: what ``Queue.inflight`` and
-    ``Queue.cancel_inflight`` report and act on. Engines inherit it."""
+    """The jobs a consumer is running, by id: what ``Queue.inflight``,
+    ``Queue.cancel_inflight`` and ``Queue.abort`` report and act on. Engines inherit it."""
 
     def __init__(self) -> None:
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._aborted: set[str] = set()
 
     def track(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running[job_id] = task
 
     def untrack(self, job_id: str) -> None:
         self._running.pop(job_id, None)
+        self._aborted.discard(job_id)
 
     def inflight(self) -> list[str]:
         return list(self._running)
@@ -102,3 +110,14 @@ class RunningJobs:
     def cancel_inflight(self) -> None:
         for task in list(self._running.values()):
             task.cancel()
+
+    def abort(self, job_ids: list[str]) -> list[str]:
+        aborted = []
+        for job_id in job_ids:
+            task = self._running.get(job_id)
+            if task is None or task.done() or job_id in self._aborted:
+                continue
+            self._aborted.add(job_id)
+            task.cancel()
+            aborted.append(job_id)
+        return aborted

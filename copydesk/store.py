@@ -103,6 +103,10 @@ class Store(Protocol):
 
     async def find_api_key(self, prefix: str) -> ApiKey | None: ...
 
+    async def find_api_key_with_org(
+        self, prefix: str
+    ) -> tuple[ApiKey, Organization | None] | None: ...
+
     async def list_api_keys(self, org_id: str | None = None) -> list[ApiKey]: ...
 
     async def revoke_api_key(self, key_id: str) -> ApiKey | None: ...
@@ -155,7 +159,7 @@ class Attempt:
     worker: str
     started_at: datetime
     ended_at: datetime | None
-    outcome: str  # completed | retry | failed | lease_expired | released
+    outcome: str  # completed | retry | failed | cancelled | lease_expired | released
     error_class: str | None = None
     error: str | None = None
     provider_latency_ms: int | None = None
@@ -205,6 +209,8 @@ class Outcome:
     ``available_at``; ``failed`` ends it with ``error``. Each applies only while the job is
     still running under the same lease (owner and attempt number), except ``completed``,
     which applies to any job not yet finished: the first result wins, later ones are dropped.
+    ``cancelled`` changes no job: it records the end of an attempt whose job was cancelled
+    (see :meth:`JobStore.cancel_jobs`). No outcome ever moves a cancelled job.
     """
 
     job_id: str
@@ -239,6 +245,12 @@ class JobStore(Protocol):
     ) -> JobPage: ...
 
     async def list_attempts(self, job_id: str) -> list[Attempt]: ...
+
+    async def get_job_detail(
+        self, org_id: str | None, job_id: str
+    ) -> tuple[Job, list[Attempt]] | None:
+        """A job and its attempts, read together."""
+        ...
 
     async def claim_jobs(self, provider: str, limit: int, owner: str, lease_s: float) -> list[Job]:
         """Take up to ``limit`` runnable jobs of ``provider`` (queued and due, or running
@@ -284,6 +296,16 @@ class JobStore(Protocol):
 
     async def next_due(self, provider: str) -> datetime | None:
         """When the earliest queued job of ``provider`` becomes due (None: nothing queued)."""
+        ...
+
+    async def cancel_jobs(self, org_id: str | None, job_ids: list[str]) -> list[Job]:
+        """Mark the jobs among ``job_ids`` (of ``org_id`` unless None) that are queued or
+        running ``cancelled``, in one statement; the jobs it changed. Finished jobs are
+        left as they are, so cancelling twice changes nothing the second time."""
+        ...
+
+    async def cancelled_among(self, job_ids: list[str]) -> list[str]:
+        """The ids among ``job_ids`` whose job is cancelled (a worker's in-flight check)."""
         ...
 
     async def active_providers(self) -> list[str]: ...
@@ -392,4 +414,66 @@ class FileStore(Protocol):
         """Put failed files back to ``in_progress``, all or none (``dispatch`` is called in
         the same transaction). Raises FileNotFound for an unknown id and FileNotRetryable
         for a file that has not failed."""
+        ...
+
+
+# --- idempotency keys -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """What a key holds: a request in flight (``state`` in_flight, under a lease) or the
+    answer it gave (``done``). ``fingerprint`` is None while a streamed body is being read."""
+
+    org_id: str
+    key: str
+    fingerprint: str | None
+    state: Literal["in_flight", "done"]
+    created_at: datetime
+    expires_at: datetime
+    lease_expires_at: datetime | None = None
+    status_code: int | None = None
+    response: Any = None
+    object_id: str | None = None
+
+
+class IdempotencyStore(Protocol):
+    """Idempotency keys, unique per (organisation, key); the unique insert picks the winner."""
+
+    async def claim_key(
+        self,
+        org_id: str,
+        key: str,
+        fingerprint: str | None,
+        owner: str,
+        lease_s: float,
+        ttl_s: float,
+    ) -> IdempotencyRecord | None:
+        """Hold ``key`` for ``owner`` (a new key, one past its expiry, or one whose holder's
+        lease ran out): None. Otherwise the record that holds it."""
+        ...
+
+    async def get_key(self, org_id: str, key: str) -> IdempotencyRecord | None: ...
+
+    async def renew_key(self, org_id: str, key: str, owner: str, lease_s: float) -> bool: ...
+
+    async def complete_key(
+        self,
+        org_id: str,
+        key: str,
+        owner: str,
+        fingerprint: str,
+        status_code: int,
+        response: Any,
+        object_id: str | None,
+    ) -> bool:
+        """Store the answer (state done) if ``owner`` still holds the key."""
+        ...
+
+    async def release_key(self, org_id: str, key: str, owner: str) -> None:
+        """Forget a key ``owner`` holds in flight (its request failed: nothing to replay)."""
+        ...
+
+    async def purge_keys(self, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` keys past their expiry; how many."""
         ...

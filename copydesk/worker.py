@@ -21,11 +21,12 @@ from typing import Generic, TypeVar
 from copydesk.errors import CopydeskError, InvalidRequest, NotFound
 from copydesk.flow import FlowControl
 from copydesk.generation import Generator
-from copydesk.jobs import Failure, RetryPolicy, classify
+from copydesk.jobs import CANCELLED_ERROR, Failure, RetryPolicy, classify
 from copydesk.library import Library
 from copydesk.provider import Message
 from copydesk.queue import FileRunner, Queue
 from copydesk.store import EnqueueHook, Job, JobStore, Outcome
+from copydesk.subscriptions import Courier
 
 log = logging.getLogger("copydesk.worker")
 
@@ -57,29 +58,46 @@ class Batcher(Generic[In, Out]):
         self._pending: list[tuple[In, asyncio.Future[Out]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=self._name)
 
     async def stop(self) -> None:
+        """Write everything submitted so far, then stop (a batch being written is not
+        interrupted: its items were already taken off the pending list)."""
         if self._task is not None:
-            self._task.cancel()
+            self._closing = True
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._closing = False
         await self._flush()
 
     async def submit(self, item: In) -> Out:
         if self._task is None:  # not started: straight through
             return (await self._flush_call([item]))[0]
+        return await asyncio.shield(self.submit_nowait(item))
+
+    def submit_nowait(self, item: In) -> asyncio.Future[Out]:
+        """Add ``item`` to the next batch; the future is done when its batch is."""
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._wake.set()
-        return await asyncio.shield(future)
+        return future
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
@@ -107,14 +125,54 @@ class OutcomeWriter(Batcher[Outcome, bool]):
     done before its result is stored.
     """
 
+    #: Outcomes handed over but not yet in a batch, at most; a runner waits beyond that.
+    MAX_BACKLOG = 2000
+
     def __init__(self, jobs: JobStore, enqueue: EnqueueHook | None = None) -> None:
         async def flush(outcomes: list[Outcome]) -> list[bool]:
             return await jobs.finish_attempts(outcomes, enqueue)
 
         super().__init__("outcome-writer", flush)
+        self._unwritten: dict[str, int] = {}
 
     async def write(self, outcome: Outcome) -> bool:
         return await self.submit(outcome)
+
+    async def hand_over(self, outcome: Outcome) -> None:
+        """Queue ``outcome`` for the next batch and return without waiting for the commit,
+        so the provider slot the job held is free for the next job at once.
+
+        Until the batch commits, the job stays ``running`` under this worker's lease (its
+        id is in :meth:`unwritten`, renewed with the in-flight ones): a crash before the
+        commit re-runs the job exactly as a crash during its provider call would. A
+        failed commit is logged and leaves the lease to expire the same way."""
+        if not self.started:
+            await self.write(outcome)
+            return
+        if self.backlog >= self.MAX_BACKLOG:
+            # The database is behind: wait for this outcome's own commit (backpressure).
+            await self.write(outcome)
+            return
+        job_id = outcome.job_id
+        self._unwritten[job_id] = self._unwritten.get(job_id, 0) + 1
+        future = self.submit_nowait(outcome)
+        future.add_done_callback(lambda done: self._written(job_id, done))
+
+    def _written(self, job_id: str, done: asyncio.Future[bool]) -> None:
+        left = self._unwritten.pop(job_id, 1) - 1
+        if left > 0:
+            self._unwritten[job_id] = left
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            log.error(
+                "writing the outcome of job %s failed (its lease will expire and it runs "
+                "again): %s",
+                job_id,
+                exc,
+            )
+
+    def unwritten(self) -> list[str]:
+        """Jobs whose outcome is handed over but not yet committed."""
+        return list(self._unwritten)
 
 
 class JobStarter(Batcher[str, "Job | None"]):
@@ -139,6 +197,8 @@ class WorkerOptions:
     #: How often a worker sweeps for files whose queue entry was lost (an engine that
     #: dispatches files); a file must have been left untouched this long to be swept.
     files_sweep_s: float = 30.0
+    #: How often a worker checks whether any of its in-flight jobs was cancelled.
+    cancel_poll_s: float = 0.5
 
 
 class Executor:
@@ -187,16 +247,31 @@ class Executor:
         try:
             outcome = await self._attempt(job, base)
         except asyncio.CancelledError:
+            if await asyncio.shield(self._jobs.cancelled_among([job.id])):
+                # Cancelled by request (the provider call, if any, is aborted): the attempt
+                # ends as cancelled; nothing is released, no result is written.
+                cancelled = replace(
+                    base,
+                    kind="cancelled",
+                    ended_at=_now(),
+                    error=CANCELLED_ERROR,
+                    error_class="cancelled",
+                )
+                await asyncio.shield(self._writer.write(cancelled))
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                return
             # Shutdown deadline: give the job back so another worker runs it now.
             await asyncio.shield(self._jobs.release_jobs(self.owner, [job.id], self._enqueue))
             raise
-        await self._writer.write(outcome)
+        await self._writer.hand_over(outcome)
 
     async def _attempt(self, job: Job, base: Outcome) -> Outcome:
         latency_ms: int | None = None
         try:
-            prepared = await self._generator.prepare(
-                job.org_id, job.agent_id, job.inputs, version=job.agent_version
+            prepared = await self._generator.prepare_job(
+                job.org_id, job.agent_id, job.agent_version, job.inputs
             )
             estimate = _estimate_tokens(prepared.request.messages) + prepared.request.max_tokens
             # Open the provider before taking a permit: its first use builds its clients
@@ -295,8 +370,10 @@ class Worker:
         owner: str | None = None,
         *,
         library: Library | None = None,
+        courier: Courier | None = None,
     ) -> None:
         self.owner = owner or worker_name()
+        self._courier = courier
         self._library = library
         self._jobs = jobs
         self._queue = queue
@@ -321,11 +398,14 @@ class Worker:
         helpers = [
             asyncio.create_task(self._renew_leases(), name="lease-renewal"),
             asyncio.create_task(self._reap(), name="reaper"),
+            asyncio.create_task(self._watch_cancels(), name="cancel-watcher"),
         ]
         if self._library is not None:
             helpers.append(
                 asyncio.create_task(self.process_pending(self._library), name="file-processor")
             )
+        if self._courier is not None:
+            helpers.append(asyncio.create_task(self._courier.run(), name="webhook-courier"))
         run_file = None
         if self._library is not None and self._queue.dispatches_files:
             run_file = self._file_runner(self._library)
@@ -353,14 +433,29 @@ class Worker:
     def stop(self) -> None:
         self.stop_event.set()
 
+    async def _watch_cancels(self) -> None:
+        """Abort the in-flight jobs whose row says cancelled (cancelled through another
+        process's API; in the API's own process the backlog aborts them at once)."""
+        while True:
+            await asyncio.sleep(self._options.cancel_poll_s)
+            running = self._queue.inflight()
+            if not running:
+                continue
+            try:
+                cancelled = await self._jobs.cancelled_among(running)
+            except Exception:
+                log.exception("checking for cancelled jobs failed")
+                continue
+            if cancelled:
+                self._queue.abort(cancelled)
+
     async def _renew_leases(self) -> None:
         interval = self._options.lease_s / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._jobs.renew_leases(
-                    self.owner, self._queue.inflight(), self._options.lease_s
-                )
+                held = [*self._queue.inflight(), *self._writer.unwritten()]
+                await self._jobs.renew_leases(self.owner, held, self._options.lease_s)
             except Exception:
                 log.exception("renewing leases failed")
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from copydesk import __version__
-from copydesk.api import applications, errors, files, jobs
+from copydesk.api import applications, batches, errors, files, job_control, jobs, webhooks
 from copydesk.app import App
 
 
@@ -52,6 +52,9 @@ def create_api(app: App, *, manage_lifecycle: bool = True, run_workers: bool = F
     api.include_router(jobs.router)  # first: it reserves /v1/applications/jobs/...
     api.include_router(applications.router)
     api.include_router(files.router)
+    api.include_router(webhooks.router)
+    api.include_router(job_control.router)
+    api.include_router(batches.router)
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -76,7 +76,7 @@ def error_response(
 ) -> JSONResponse:
     out = dict(headers or {})
     if status in NOT_RETRYABLE:
-        out["x-should-retry"] = "false"
+        out.setdefault("x-should-retry", "false")
     if status in (429, 503):
         seconds = max(1, round(retry_after_s if retry_after_s is not None else 1))
         out["retry-after"] = str(seconds)
@@ -105,8 +105,14 @@ def describe(exc: e.CopydeskError) -> tuple[int, list[dict[str, Any]], float | N
             return 404, [item(404, exc.message, "resource", {"resource": exc.resource})], None
         case e.JobNotRetryable():
             return 400, [item(400, exc.message, "jobNotRetryable", {"status": exc.status})], None
+        case e.BatchNotRetryable():
+            return 400, [item(400, exc.message, "batchNotRetryable", {"status": exc.status})], None
         case e.FileNotRetryable():
             return 400, [item(400, exc.message, "fileNotRetryable", {"status": exc.status})], None
+        case e.IdempotencyKeyReused():
+            return 409, [item(409, exc.message, "idempotencyKeyReused", {"key": exc.key})], None
+        case e.IdempotencyKeyInProgress():
+            return 409, [item(409, exc.message, "idempotencyKeyInProgress", {"key": exc.key})], None
         case e.PayloadTooLarge():
             return (
                 413,
@@ -136,7 +142,13 @@ def install(api: FastAPI) -> None:
     @api.exception_handler(e.CopydeskError)
     async def _copydesk(_request: Request, exc: e.CopydeskError) -> JSONResponse:
         status, items, retry_after = describe(exc)
-        return error_response(status, items, retry_after_s=retry_after)
+        # The first request with this key may still finish: trying again later can help.
+        headers = (
+            {"x-should-retry": "true", "retry-after": "1"}
+            if isinstance(exc, e.IdempotencyKeyInProgress)
+            else None
+        )
+        return error_response(status, items, retry_after_s=retry_after, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from copydesk.api import schemas
 from copydesk.api.auth import Org
+from copydesk.api.idempotency import Idempotent
 from copydesk.app import App
 from copydesk.errors import InvalidRequest, PayloadTooLarge, Problem
 from copydesk.store import CursorQuery
@@ -92,10 +93,11 @@ def _app(request: Request) -> App:
 async def upload_file(
     request: Request,
     org: Org,
+    idem: Idempotent,
     graph_id: Annotated[
         str | None, Query(alias="graphId", description="a Knowledge Graph to add it to")
     ] = None,
-) -> schemas.FileObject:
+) -> schemas.FileObject | JSONResponse:
     library = _app(request).library
     length = request.headers.get("content-length")
     if length is not None and length.strip().isdigit() and int(length) > library.max_upload_bytes:
@@ -112,14 +114,29 @@ async def upload_file(
                 )
             ]
         )
-    stored = await library.upload(
-        org.id,
-        filename,
-        request.stream(),
-        declared_type=request.headers.get("content-type"),
-        graph_id=graph_id,
-    )
-    return schemas.file_object(stored, uploaded=True)
+    if idem.key is None:
+        stored = await library.upload(
+            org.id,
+            filename,
+            request.stream(),
+            declared_type=request.headers.get("content-type"),
+            graph_id=graph_id,
+        )
+        return schemas.file_object(stored, uploaded=True)
+
+    async def upload() -> tuple[JSONResponse, str]:
+        stored = await library.upload(
+            org.id,
+            filename,
+            request.stream(),
+            declared_type=request.headers.get("content-type"),
+            graph_id=graph_id,
+        )
+        body = schemas.file_object(stored, uploaded=True).model_dump(mode="json")
+        return JSONResponse(body), stored.sha256
+
+    # The body's hash is known once it is stored; the file name is part of the request.
+    return await idem.respond_streamed(upload, library.max_upload_bytes, filename)
 
 
 @router.post("/retry", response_model=schemas.FileRetried, responses=ERRORS)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from copydesk.api import schemas
 from copydesk.api.applications import ERRORS
 from copydesk.api.auth import Org
+from copydesk.api.idempotency import Idempotent
 from copydesk.backlog import Backlog
 
 router = APIRouter(prefix="/v1/applications", tags=["jobs"])
@@ -33,9 +34,12 @@ async def retrieve_job(request: Request, org: Org, job_id: str) -> schemas.JobOb
 @router.post(
     "/jobs/{job_id}/retry", status_code=202, response_model=schemas.JobCreated, responses=ERRORS
 )
-async def retry_job(request: Request, org: Org, job_id: str) -> JSONResponse:
-    job = await _backlog(request).retry(org.id, job_id)
-    return JSONResponse(schemas.job_created(job).model_dump(), status_code=202)
+async def retry_job(request: Request, org: Org, job_id: str, idem: Idempotent) -> JSONResponse:
+    async def retry() -> JSONResponse:
+        job = await _backlog(request).retry(org.id, job_id)
+        return JSONResponse(schemas.job_created(job).model_dump(), status_code=202)
+
+    return await idem.respond(retry)
 
 
 @router.post(
@@ -45,11 +49,18 @@ async def retry_job(request: Request, org: Org, job_id: str) -> JSONResponse:
     responses=ERRORS,
 )
 async def create_job(
-    request: Request, org: Org, application_id: str, body: schemas.JobCreateRequest
+    request: Request,
+    org: Org,
+    application_id: str,
+    body: schemas.JobCreateRequest,
+    idem: Idempotent,
 ) -> JSONResponse:
-    raw = [i.model_dump() for i in body.inputs]
-    job = await _backlog(request).submit(org.id, application_id, raw)
-    return JSONResponse(schemas.job_created(job).model_dump(), status_code=202)
+    async def submit() -> JSONResponse:
+        raw = [i.model_dump() for i in body.inputs]
+        job = await _backlog(request).submit(org.id, application_id, raw, priority=body.priority)
+        return JSONResponse(schemas.job_created(job).model_dump(), status_code=202)
+
+    return await idem.respond(submit)
 
 
 @router.get("/{application_id}/jobs", response_model=schemas.JobList, responses=ERRORS)

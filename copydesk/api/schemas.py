@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from copydesk.jobs import wire_status
 from copydesk.store import Agent, Attempt, Job, StoredFile
@@ -102,6 +102,10 @@ def application(agent: Agent) -> Application:
 
 class JobCreateRequest(BaseModel):
     inputs: list[GenerateInput]
+    # Copydesk extension (writer-sdk: ``extra_body={"priority": 5}``)
+    priority: StrictInt | None = Field(
+        default=None, description="-100..100, higher runs first; default 0 (batch rows: -1)"
+    )
 
 
 class JobCreated(BaseModel):

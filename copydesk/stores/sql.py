@@ -5,9 +5,11 @@ All SQL of Copydesk lives here. The services are the only callers.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,9 +32,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from copydesk import webhooks
 from copydesk.agents import AgentSpec
 from copydesk.errors import FileNotFound, FileNotRetryable, JobNotFound, JobNotRetryable
-from copydesk.jobs import ACTIVE, wire_status
+from copydesk.jobs import ACTIVE, CANCELLED_ERROR, wire_status
 from copydesk.store import (
     Agent,
     ApiKey,
@@ -52,6 +55,9 @@ from copydesk.store import (
     Outcome,
     StoredFile,
 )
+from copydesk.stores import outbox
+from copydesk.stores.completion import complete_batches
+from copydesk.stores.outbox import has_endpoints
 from copydesk.stores.tables import (
     agent_versions,
     agents,
@@ -63,12 +69,17 @@ from copydesk.stores.tables import (
     organizations,
 )
 
-#: Attempt outcomes that changed their job (the others: lease_expired, released, *_dropped).
-_APPLIED = ("completed", "retry", "failed")
+#: Attempt outcomes that changed their job, or ended with it cancelled (the others:
+#: lease_expired, released, *_dropped).
+_APPLIED = ("completed", "retry", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: Set while a task holds the SQLite writer lock (so its nested transactions go through).
+_HOLDS_WRITER: ContextVar[bool] = ContextVar("copydesk_holds_sqlite_writer", default=False)
 
 
 def new_id() -> str:
@@ -102,6 +113,7 @@ class SQLStore:
         self.url = url
         self._engine = engine
         self._owns_engine = engine is None
+        self._writer: asyncio.Lock | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -112,6 +124,8 @@ class SQLStore:
     async def open(self) -> None:
         if self._engine is None:
             self._engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            self._writer = asyncio.Lock()
 
     async def close(self) -> None:
         if self._engine is not None and self._owns_engine:
@@ -120,6 +134,27 @@ class SQLStore:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that may write. On SQLite, one at a time per process: SQLite has
+        one writer, and concurrent deferred transactions that upgrade to writing would
+        meet SQLITE_BUSY and sleep in its busy handler (10-100 ms each), which made a
+        loaded server's p99 seconds long. Nested use in one task does not wait on itself.
+        Other processes still queue on the database lock (``busy_timeout``)."""
+        if self._writer is None or _HOLDS_WRITER.get():
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._writer:
+            token = _HOLDS_WRITER.set(True)
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            finally:
+                _HOLDS_WRITER.reset(token)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction: never waits for the writer (WAL readers see the last
+        committed state while a write is under way)."""
         async with self.engine.begin() as conn:
             yield conn
 
@@ -134,21 +169,21 @@ class SQLStore:
         return org
 
     async def get_organization_by_name(self, name: str) -> Organization | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(select(organizations).where(organizations.c.name == name))
             ).first()
         return Organization(row.id, row.name, row.created_at) if row else None
 
     async def get_organization(self, org_id: str) -> Organization | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(select(organizations).where(organizations.c.id == org_id))
             ).first()
         return Organization(row.id, row.name, row.created_at) if row else None
 
     async def list_organizations(self) -> list[Organization]:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             rows = (
                 await conn.execute(select(organizations).order_by(organizations.c.created_at))
             ).all()
@@ -177,15 +212,37 @@ class SQLStore:
         return key
 
     async def find_api_key(self, prefix: str) -> ApiKey | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
         return _api_key(row) if row else None
+
+    async def find_api_key_with_org(self, prefix: str) -> tuple[ApiKey, Organization | None] | None:
+        """The key and its organisation in one statement (every request's check)."""
+        stmt = (
+            select(
+                api_keys,
+                organizations.c.name.label("org_name"),
+                organizations.c.created_at.label("org_created_at"),
+            )
+            .outerjoin(organizations, organizations.c.id == api_keys.c.org_id)
+            .where(api_keys.c.prefix == prefix)
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        org = (
+            Organization(row.org_id, row.org_name, row.org_created_at)
+            if row.org_name is not None
+            else None
+        )
+        return _api_key(row), org
 
     async def list_api_keys(self, org_id: str | None = None) -> list[ApiKey]:
         stmt = select(api_keys).order_by(api_keys.c.created_at)
         if org_id is not None:
             stmt = stmt.where(api_keys.c.org_id == org_id)
-        async with self._tx() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_api_key(r) for r in rows]
 
@@ -200,7 +257,7 @@ class SQLStore:
         return _api_key(row) if row else None
 
     async def count_api_keys(self) -> int:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             return int(
                 (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
             )
@@ -261,7 +318,7 @@ class SQLStore:
     async def get_agent(
         self, org_id: str, agent_id: str, version: int | None = None
     ) -> Agent | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             return await self._load_agent(conn, org_id, agent_id, version)
 
     async def _load_agent(
@@ -280,7 +337,7 @@ class SQLStore:
         return _agent(row) if row else None
 
     async def list_agents(self, org_id: str, query: CursorQuery) -> CursorPage[Agent]:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             return await self._list_agents(conn, org_id, query)
 
     async def _list_agents(
@@ -440,6 +497,9 @@ class _SQLPart:
     def _tx(self) -> Any:
         return self._store._tx()
 
+    def _read(self) -> Any:
+        return self._store._read()
+
 
 class SQLJobStore(_SQLPart):
     """``JobStore`` over the same engine as :class:`SQLStore`."""
@@ -508,7 +568,7 @@ class SQLJobStore(_SQLPart):
         stmt = select(jobs).where(jobs.c.id == job_id)
         if org_id is not None:
             stmt = stmt.where(jobs.c.org_id == org_id)
-        async with self._tx() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(stmt)).first()
         return _job(row) if row else None
 
@@ -523,7 +583,7 @@ class SQLJobStore(_SQLPart):
         conditions = [jobs.c.org_id == org_id, jobs.c.agent_id == agent_id]
         if statuses:
             conditions.append(jobs.c.status.in_(statuses))
-        async with self._tx() as conn:
+        async with self._read() as conn:
             total = int(
                 (
                     await conn.execute(select(func.count()).select_from(jobs).where(*conditions))
@@ -540,8 +600,28 @@ class SQLJobStore(_SQLPart):
             ).all()
         return JobPage(items=[_job(r) for r in rows], total=total)
 
+    async def get_job_detail(
+        self, org_id: str | None, job_id: str
+    ) -> tuple[Job, list[Attempt]] | None:
+        """A job and its attempts in one transaction (J2's whole read)."""
+        stmt = select(jobs).where(jobs.c.id == job_id)
+        if org_id is not None:
+            stmt = stmt.where(jobs.c.org_id == org_id)
+        async with self._read() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            attempts = (
+                await conn.execute(
+                    select(job_attempts)
+                    .where(job_attempts.c.job_seq == row.seq)
+                    .order_by(job_attempts.c.number)
+                )
+            ).all()
+        return _job(row), _attempts(attempts)
+
     async def list_attempts(self, job_id: str) -> list[Attempt]:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             rows = (
                 await conn.execute(
                     select(job_attempts)
@@ -550,21 +630,7 @@ class SQLJobStore(_SQLPart):
                     .order_by(job_attempts.c.number)
                 )
             ).all()
-        return [
-            Attempt(
-                number=r.number,
-                worker=r.worker,
-                started_at=r.started_at,
-                ended_at=r.ended_at,
-                outcome=r.outcome,
-                error_class=r.error_class,
-                error=r.error,
-                provider_latency_ms=r.provider_latency_ms,
-                prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens,
-            )
-            for r in rows
-        ]
+        return _attempts(rows)
 
     def _running(self, owner: str, lease_s: float, now: datetime) -> dict[str, Any]:
         return {
@@ -811,9 +877,34 @@ class SQLJobStore(_SQLPart):
                     replace=False,
                 )
             reaped = [_job(r) for r in rows]
+            await outbox.write_events(
+                conn,
+                [
+                    outbox.Event(
+                        r.org_id,
+                        "job.failed",
+                        webhooks.job_event(
+                            "job.failed",
+                            job_id=r.id,
+                            application_id=r.agent_id,
+                            created_at=r.created_at,
+                            completed_at=now,
+                            error=r.error,
+                            batch_id=r.batch_id,
+                        ),
+                        now,
+                    )
+                    for r in rows
+                    if r.status == "failed"
+                ],
+            )
             requeued = [job for job in reaped if job.status == "queued"]
             if requeued and enqueue is not None:
                 await enqueue(conn, requeued)
+            # A batch whose last job just failed for good is completed now.
+            await complete_batches(
+                conn, {r.batch_id for r in rows if r.status == "failed" and r.batch_id}, at=now
+            )
         return reaped
 
     async def _upsert_attempt(
@@ -851,27 +942,45 @@ class SQLJobStore(_SQLPart):
             return []
         async with self._tx() as conn:
             pick = (
-                select(jobs.c.seq, jobs.c.id, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts)
+                select(
+                    jobs.c.seq,
+                    jobs.c.id,
+                    jobs.c.status,
+                    jobs.c.lease_owner,
+                    jobs.c.attempts,
+                    jobs.c.batch_id,
+                    # Webhooks: whether the job's organisation has any endpoint (indexed).
+                    has_endpoints(jobs.c.org_id).label("hooked"),
+                )
                 .where(jobs.c.id.in_({o.job_id for o in outcomes}))
                 .order_by(jobs.c.seq)
             )
             if self.dialect == "postgresql":
-                pick = pick.with_for_update()
-            state = {
-                r.id: [r.seq, r.status, r.lease_owner, r.attempts] for r in await conn.execute(pick)
-            }
+                pick = pick.with_for_update(of=jobs)
+            picked = (await conn.execute(pick)).all()
+            state = {r.id: [r.seq, r.status, r.lease_owner, r.attempts] for r in picked}
+            hooked = {r.seq for r in picked if r.hooked}
+            # Batch jobs among them: the batches whose last job this may end.
+            in_batch = {r.id: r.batch_id for r in picked if r.batch_id is not None}
+            ended_batches: set[str] = set()
             applied: list[bool] = []
             changes: dict[str, list[dict[str, Any]]] = {"completed": [], "retry": [], "failed": []}
             records: list[dict[str, Any]] = []
             dropped: list[dict[str, Any]] = []
             for o in outcomes:
-                if o.kind not in changes:
+                if o.kind not in changes and o.kind != "cancelled":
                     raise ValueError(f"unknown outcome kind {o.kind!r}")
                 current = state.get(o.job_id)
                 if current is None:
                     applied.append(False)
                     continue
                 seq, status, owner, attempts = current
+                if o.kind == "cancelled":
+                    # The job's row already says cancelled: only the attempt is recorded.
+                    ok = status == "cancelled"
+                    applied.append(ok)
+                    (records if ok else dropped).append(_attempt_params(seq, o, ok))
+                    continue
                 if o.kind == "completed":
                     # The first result wins: any unfinished job takes it, a finished one never.
                     ok = status in ACTIVE
@@ -882,10 +991,14 @@ class SQLJobStore(_SQLPart):
                     current[1] = {"completed": "completed", "retry": "queued"}.get(o.kind, "failed")
                     current[2] = None
                     changes[o.kind].append(_change_params(seq, o))
+                    if o.kind != "retry" and o.job_id in in_batch:
+                        ended_batches.add(in_batch[o.job_id])
                 (records if ok else dropped).append(_attempt_params(seq, o, ok))
             for kind, params in changes.items():
                 if params:
                     await conn.execute(_CHANGE_STATEMENTS[kind], params)
+            if hooked:
+                await _announce(conn, changes, hooked)
             if records:
                 await conn.execute(self._attempts_upsert(keep_applied=False), records)
             if dropped:
@@ -894,6 +1007,8 @@ class SQLJobStore(_SQLPart):
                 requeued = [p["b_seq"] for p in changes["retry"]]
                 rows = (await conn.execute(select(jobs).where(jobs.c.seq.in_(requeued)))).all()
                 await enqueue(conn, [_job(r) for r in rows])
+            if ended_batches:  # last: the batch rows stay locked only until the commit
+                await complete_batches(conn, ended_batches)
         return applied
 
     def _attempts_upsert(self, *, keep_applied: bool) -> Any:
@@ -926,12 +1041,13 @@ class SQLJobStore(_SQLPart):
             ).first()
             if row is None:
                 raise JobNotFound(job_id)
-            if row.status != "failed":
+            # A cancelled job shows as failed on Writer's endpoints, so J4 may retry it.
+            if row.status not in ("failed", "cancelled"):
                 raise JobNotRetryable(job_id, wire_status(row.status))
             updated = (
                 await conn.execute(
                     update(jobs)
-                    .where(jobs.c.seq == row.seq, jobs.c.status == "failed")
+                    .where(jobs.c.seq == row.seq, jobs.c.status.in_(("failed", "cancelled")))
                     .values(
                         status="queued",
                         error=None,
@@ -952,7 +1068,7 @@ class SQLJobStore(_SQLPart):
         return job
 
     async def next_due(self, provider: str) -> datetime | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             value = (
                 await conn.execute(
                     select(func.min(jobs.c.available_at)).where(
@@ -973,6 +1089,45 @@ class SQLJobStore(_SQLPart):
                 )
             ).all()
         return [r.provider for r in rows]
+
+    async def cancel_jobs(self, org_id: str | None, job_ids: list[str]) -> list[Job]:
+        """One UPDATE: queued or running jobs become cancelled (their lease dropped, so no
+        renewal, release, reaper or outcome touches them again); finished ones stay."""
+        if not job_ids:
+            return []
+        now = utcnow()
+        conditions: list[Any] = [jobs.c.id.in_(job_ids), jobs.c.status.in_(ACTIVE)]
+        if org_id is not None:
+            conditions.append(jobs.c.org_id == org_id)
+        stmt = (
+            update(jobs)
+            .where(*conditions)
+            .values(
+                status="cancelled",
+                completed_at=now,
+                updated_at=now,
+                error=CANCELLED_ERROR,
+                error_class="cancelled",
+                **_RELEASE_LEASE,
+            )
+            .returning(*jobs.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+            # A batch whose last job was just cancelled (one by one) is completed now.
+            await complete_batches(conn, {r.batch_id for r in rows if r.batch_id}, at=now)
+        return [_job(r) for r in rows]
+
+    async def cancelled_among(self, job_ids: list[str]) -> list[str]:
+        if not job_ids:
+            return []
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status == "cancelled")
+                )
+            ).all()
+        return [r.id for r in rows]
 
 
 class SQLFileStore(_SQLPart):
@@ -1006,7 +1161,7 @@ class SQLFileStore(_SQLPart):
         return _file(row)
 
     async def get_file(self, org_id: str, file_id: str) -> StoredFile | None:
-        async with self._tx() as conn:
+        async with self._read() as conn:
             row = (
                 await conn.execute(
                     select(files).where(files.c.org_id == org_id, files.c.id == file_id)
@@ -1016,7 +1171,7 @@ class SQLFileStore(_SQLPart):
 
     async def list_files(self, org_id: str, query: FileQuery) -> CursorPage[StoredFile]:
         cq = query.cursor
-        async with self._tx() as conn:
+        async with self._read() as conn:
             window = await _cursor_window(conn, files, org_id, cq)
             if window is None:
                 return CursorPage(items=[], has_more=False)
@@ -1223,6 +1378,44 @@ _CHANGE_STATEMENTS: dict[str, Any] = {
 }
 
 
+async def _announce(
+    conn: AsyncConnection, changes: dict[str, list[dict[str, Any]]], hooked: set[int]
+) -> None:
+    """Outbox rows for the jobs that just completed or failed in an organisation with
+    webhook endpoints (``hooked``: their seqs), in the outcome's transaction."""
+    ended = {p["b_seq"]: (kind, p) for kind in ("completed", "failed") for p in changes[kind]}
+    seqs = [seq for seq in ended if seq in hooked]
+    if not seqs:
+        return
+    rows = await conn.execute(
+        select(
+            jobs.c.seq,
+            jobs.c.id,
+            jobs.c.org_id,
+            jobs.c.agent_id,
+            jobs.c.created_at,
+            jobs.c.batch_id,
+        ).where(jobs.c.seq.in_(seqs))
+    )
+    events = []
+    for r in rows:
+        kind, p = ended[r.seq]
+        event_type: webhooks.EventType = "job.completed" if kind == "completed" else "job.failed"
+        payload = webhooks.job_event(
+            event_type,
+            job_id=r.id,
+            application_id=r.agent_id,
+            created_at=r.created_at,
+            completed_at=p["b_ended_at"],
+            title=p["b_title"],
+            suggestion=p["b_suggestion"],
+            error=p["b_error"],
+            batch_id=r.batch_id,
+        )
+        events.append(outbox.Event(r.org_id, event_type, payload, p["b_ended_at"]))
+    await outbox.write_events(conn, events)
+
+
 def _change_params(seq: int, o: Outcome) -> dict[str, Any]:
     return {
         "b_seq": seq,
@@ -1300,3 +1493,21 @@ def _job(row: Row[Any]) -> Job:
         completion_tokens=m["completion_tokens"],
         fair_rank=m["fair_rank"],
     )
+
+
+def _attempts(rows: Sequence[Any]) -> list[Attempt]:
+    return [
+        Attempt(
+            number=r.number,
+            worker=r.worker,
+            started_at=r.started_at,
+            ended_at=r.ended_at,
+            outcome=r.outcome,
+            error_class=r.error_class,
+            error=r.error,
+            provider_latency_ms=r.provider_latency_ms,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+        )
+        for r in rows
+    ]

@@ -152,6 +152,18 @@ jobs = Table(
     Column("error_class", String(40), nullable=True),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
+    # Batches (extension): the batch a job belongs to, its row there, the caller's id.
+    Column("batch_id", String(36), nullable=True),
+    Column("row_index", Integer, nullable=True),
+    Column("custom_id", String(200), nullable=True),
+    Index("ix_jobs_batch_id_row_index", "batch_id", "row_index"),
+    # Whether a batch has jobs left to run (stores/completion.py): only its active rows.
+    Index(
+        "ix_jobs_batch_active",
+        "batch_id",
+        postgresql_where=text("status IN ('queued', 'running') AND batch_id IS NOT NULL"),
+        sqlite_where=text("status IN ('queued', 'running') AND batch_id IS NOT NULL"),
+    ),
     # J3: an application's jobs, newest first, with and without a status filter.
     Index("ix_jobs_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
     Index("ix_jobs_org_id_agent_id_status_seq", "org_id", "agent_id", "status", "seq"),
@@ -240,5 +252,95 @@ files = Table(
         "seq",
         postgresql_where=text("status = 'in_progress'"),
         sqlite_where=text("status = 'in_progress'"),
+    ),
+)
+
+# Batches (extension): one row per submitted batch; its jobs carry ``batch_id``. Counts and
+# token usage are not stored here: one GROUP BY over the batch's jobs gives them.
+batches = Table(
+    "batches",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("agent_id", String(100), nullable=False),
+    Column("agent_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("cancelled_at", UTCDateTime(), nullable=True),
+    Index("ix_batches_org_id_seq", "org_id", "seq"),
+    Index("ix_batches_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
+)
+
+# Idempotency keys (``Idempotency-Key`` on creates): the first request's answer, replayed
+# for 24 h. The primary key is the uniqueness that decides which of concurrent duplicates
+# runs; ``lease_*`` let a key held by a crashed request be taken over.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("org_id", String(36), ForeignKey("organizations.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("response", JSON, nullable=True),
+    Column("object_id", String(100), nullable=True),
+    Column("lease_owner", String(36), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# Webhooks: an organisation's endpoints, and the durable outbox of deliveries (one row per
+# event and subscribed endpoint, written in the transaction of the state change).
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("org_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("url", String(2000), nullable=False),
+    # Subscribed event types, comma-separated ("job.completed,job.failed").
+    Column("events", String(200), nullable=False),
+    Column("description", String(500), nullable=True),
+    Column("secret", String(100), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_webhook_endpoints_org_id_seq", "org_id", "seq"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    # The message id (``webhook-id``): the same for every endpoint and every attempt.
+    Column("event_id", String(36), nullable=False),
+    Column("endpoint_id", String(36), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("org_id", String(36), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # NULL: the configured number; a redelivery sets attempts + that number.
+    Column("max_attempts", Integer, nullable=True),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("endpoint_id", "event_id"),
+    Index("ix_webhook_deliveries_endpoint_id_seq", "endpoint_id", "seq"),
+    # Claiming: only pending rows, soonest first.
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
     ),
 )

@@ -815,3 +815,120 @@ async def test_all_jobs_of_an_empty_store(jobs: SQLJobStore) -> None:
     assert await jobs.claim_jobs(PROVIDER, 5, "w1", 30) == []
     assert await jobs.reap_expired() == []
     assert await jobs.active_providers() == []
+    assert await jobs.cancel_jobs(None, []) == []
+    assert await jobs.cancelled_among([]) == []
+
+
+# --- cancel_jobs ------------------------------------------------------------------------
+
+
+async def test_cancel_jobs_cancels_queued_and_running_jobs_once(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    queued, running_job, done = await create(jobs, org, 3)
+    running = await jobs.start_job(running_job.id, "w1", 30)
+    finished = await jobs.start_job(done.id, "w1", 30)
+    assert running is not None
+    assert finished is not None
+    await jobs.finish_attempts([outcome(finished, "completed", title="t")])
+    before = now()
+
+    cancelled = await jobs.cancel_jobs(org.id, [queued.id, running.id, done.id])
+
+    assert sorted(j.id for j in cancelled) == sorted([queued.id, running.id])
+    for job in cancelled:
+        assert await get(jobs, job) == job
+        assert (job.status, job.error, job.error_class) == (
+            "cancelled",
+            "cancelled by request",
+            "cancelled",
+        )
+        assert (job.lease_owner, job.lease_expires_at) == (None, None)
+        assert job.completed_at is not None
+        assert before <= job.completed_at <= now()
+    assert (await get(jobs, done)).status == "completed"
+    ids = [queued.id, running.id, done.id]
+    assert sorted(await jobs.cancelled_among(ids)) == sorted([queued.id, running.id])
+    # Twice is harmless: nothing changes the second time.
+    snapshot = [await get(jobs, job) for job in (queued, running, done)]
+    assert await jobs.cancel_jobs(org.id, ids) == []
+    assert [await get(jobs, job) for job in (queued, running, done)] == snapshot
+
+
+async def test_cancel_jobs_is_scoped_by_organisation(
+    jobs: SQLJobStore, org: Organization, other_org: Organization
+) -> None:
+    [job] = await create(jobs, org, 1)
+
+    assert await jobs.cancel_jobs(other_org.id, [job.id]) == []
+    assert await jobs.cancel_jobs(org.id, [str(uuid.uuid4())]) == []
+    assert (await get(jobs, job)).status == "queued"
+    [cancelled] = await jobs.cancel_jobs(None, [job.id])  # a worker-side call: any org
+    assert cancelled.id == job.id
+
+
+async def test_nothing_moves_a_cancelled_job(jobs: SQLJobStore, org: Organization) -> None:
+    """No claim, start, renewal, release, reap or outcome touches a cancelled job."""
+    queued, running_job = await create(jobs, org, 2)
+    running = await jobs.start_job(running_job.id, "w1", 0.05)
+    assert running is not None
+    await jobs.cancel_jobs(org.id, [queued.id, running.id])
+    await asyncio.sleep(0.1)  # the lease it had would have expired by now
+    snapshot = [await get(jobs, queued), await get(jobs, running)]
+
+    assert await jobs.claim_jobs(PROVIDER, 10, "w2", 30) == []
+    assert await jobs.start_jobs([queued.id, running.id], "w2", 30) == []
+    assert await jobs.renew_leases("w1", [running.id], 30) == 0
+    assert await jobs.release_jobs("w1", [running.id]) == 0
+    assert await jobs.reap_expired() == []
+    late = [
+        outcome(running, "completed", title="t", suggestion="late"),
+        outcome(running, "retry", available_at=now()),
+        outcome(running, "failed", error="boom"),
+    ]
+    assert await jobs.finish_attempts(late) == [False, False, False]
+    assert [await get(jobs, queued), await get(jobs, running)] == snapshot
+    assert (await get(jobs, running)).result_suggestion is None
+    assert await jobs.next_due(PROVIDER) is None
+    assert await jobs.active_providers() == []
+
+
+async def test_a_cancelled_outcome_records_the_attempt_and_changes_no_job(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    cancelled_job, other = await create(jobs, org, 2)
+    running = await jobs.start_job(cancelled_job.id, "w1", 30)
+    still_running = await jobs.start_job(other.id, "w1", 30)
+    assert running is not None
+    assert still_running is not None
+    await jobs.cancel_jobs(org.id, [running.id])
+    snapshot = await get(jobs, running)
+
+    ended = outcome(running, "cancelled", error="cancelled by request", error_class="cancelled")
+    stray = outcome(still_running, "cancelled", error="cancelled by request")
+    assert await jobs.finish_attempts([ended, stray]) == [True, False]
+    # A result arriving after the cancel is dropped and never replaces the record.
+    assert await jobs.finish_attempts([outcome(running, "completed", title="t")]) == [False]
+
+    assert await get(jobs, running) == snapshot
+    [attempt] = await jobs.list_attempts(running.id)
+    assert (attempt.number, attempt.worker, attempt.outcome, attempt.error) == (
+        1,
+        "w1",
+        "cancelled",
+        "cancelled by request",
+    )
+    assert (await get(jobs, still_running)).status == "running"
+    [stray_record] = await jobs.list_attempts(still_running.id)
+    assert stray_record.outcome == "cancelled_dropped"
+
+
+async def test_retry_job_requeues_a_cancelled_job(jobs: SQLJobStore, org: Organization) -> None:
+    """Writer's endpoints show a cancelled job as failed, so J4 may retry it."""
+    [created] = await create(jobs, org, 1, max_attempts=3)
+    await jobs.cancel_jobs(org.id, [created.id])
+
+    retried = await jobs.retry_job(org.id, created.id, 3)
+
+    assert (retried.status, retried.error, retried.completed_at) == ("queued", None, None)
+    assert (await claim_one(jobs)).id == created.id

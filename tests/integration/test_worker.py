@@ -406,3 +406,84 @@ async def test_a_live_lease_is_renewed_and_never_reaped(
     assert (done.status, done.attempts) == ("completed", 1)
     assert [a.outcome for a in await attempts(app, done)] == ["completed"]
     assert fake.stats.requests_total == 1
+
+
+# --- cancelling -----------------------------------------------------------------------
+
+
+async def _cancelled_attempt(app: App, job: Job) -> list[Attempt]:
+    deadline = time.monotonic() + WAIT_S
+    while not (recorded := await attempts(app, job)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return recorded
+
+
+async def test_cancelling_a_running_job_in_the_same_process_aborts_its_call(
+    make_app: MakeApp, fake: FakeLLMServer
+) -> None:
+    app = await make_app()
+    org, agent_id = await deploy(app, "fake")
+    fake.configure(latency_s=30.0)
+    [job] = await submit(app, org, agent_id, "rye")
+
+    async with running(app.worker()) as task:
+        await until(lambda: fake.stats.in_flight == 1, "the call to be in flight")
+        started = time.monotonic()
+        detail = await app.backlog.cancel(org.id, job.id)
+        await until(lambda: fake.stats.disconnects == 1, "the call to be aborted")
+        aborted_s = time.monotonic() - started
+        [attempt] = await _cancelled_attempt(app, job)
+        assert not task.done()  # the worker goes on
+
+    assert aborted_s < 0.5  # in-process: no polling
+    assert detail.job.status == "cancelled"
+    stored = await app.jobs.get_job(org.id, job.id)
+    assert stored is not None
+    assert (stored.status, stored.result_suggestion, stored.lease_owner) == (
+        "cancelled",
+        None,
+        None,
+    )
+    assert (attempt.number, attempt.outcome, attempt.error_class) == (1, "cancelled", "cancelled")
+    assert fake.stats.requests_total == 1
+
+
+async def test_a_job_cancelled_by_another_process_is_aborted_by_its_worker(
+    make_app: MakeApp, fake: FakeLLMServer
+) -> None:
+    """The API in one process, the worker in another: the worker's watcher notices."""
+    api = await make_app()
+    org, agent_id = await deploy(api, "fake")
+    fake.configure(latency_s=30.0)
+    job, queued = await submit(api, org, agent_id, "rye", "spelt")
+    worker_app = await make_app(
+        providers={
+            "fake": {
+                "kind": "openai",
+                "base_url": fake.base_url,
+                "model": "fake-model",
+                "max_concurrency": 1,
+                "timeout_s": 60,
+            }
+        }
+    )
+    worker = worker_app.worker()
+
+    async with running(worker):
+        await until(lambda: fake.stats.in_flight == 1, "the first call to be in flight")
+        await api.backlog.cancel(org.id, queued.id)  # queued: it must never start
+        started = time.monotonic()
+        await api.backlog.cancel(org.id, job.id)
+        await until(lambda: fake.stats.disconnects == 1, "the call to be aborted")
+        aborted_s = time.monotonic() - started
+        [attempt] = await _cancelled_attempt(api, job)
+        again = await api.backlog.cancel(org.id, job.id)  # twice: harmless
+        await asyncio.sleep(0.3)  # the freed slot would take the queued job now
+
+    assert aborted_s < 2.0  # the watcher polls every 0.5 s
+    assert (attempt.worker, attempt.outcome) == (worker.owner, "cancelled")
+    assert again.job.status == "cancelled"
+    never = await api.jobs.get_job(org.id, queued.id)
+    assert never is not None
+    assert (never.status, never.attempts) == ("cancelled", 0)
+    assert fake.stats.requests_total == 1
