@@ -18,7 +18,7 @@ from copydesk.blobs.local import LocalBlobStore
 from copydesk.catalog import Catalog
 from copydesk.config import Settings
 from copydesk.fetching import UrlFetcher
-from copydesk.flow import FlowControl, Limits, MemoryFlowControl
+from copydesk.flow import FlowControl, Limits, MemoryFlowControl, NoSlots, Slots
 from copydesk.generation import Generator
 from copydesk.idempotency import Idempotency
 from copydesk.jobs import RetryPolicy
@@ -67,6 +67,7 @@ class App:
             self.files, self.blobs, settings.max_upload_bytes, dispatch=self.queue.file_hook
         )
         self.flow = self._build_flow()
+        self.slots = self._build_slots()
         self.attachments = Attachments(
             self.files,
             self.blobs,
@@ -114,6 +115,17 @@ class App:
             lease_s=self.settings.lease_s,
             poll_interval_s=self.settings.poll_interval_s,
         )
+
+    def _build_slots(self) -> Slots:
+        """Provider concurrency held while a call is in flight. The embedded engine bounds
+        it by what it claims; PgQueuer picks jobs ahead (``provider_prefetch``), so its
+        workers share slots in PostgreSQL (one connection each, opened on first use)."""
+        if self.settings.resolved_engine != "pgqueuer":
+            return NoSlots()
+        from copydesk.engines.pgqueuer import dsn_of
+        from copydesk.limiters.slots import PostgresSlots
+
+        return PostgresSlots(dsn_of(self.store.url), self._concurrency())
 
     def _build_blobs(self) -> BlobStore:
         b = self.settings.blobs
@@ -185,6 +197,7 @@ class App:
             owner,
             library=self.library,
             courier=self.courier(),
+            slots=self.slots,
         )
 
     async def open(self, *, migrate: bool = True) -> None:
@@ -200,6 +213,7 @@ class App:
     async def close(self) -> None:
         await self.queue.close()
         await self.flow.close()
+        await self.slots.close()
         await self.providers.close()
         if self._s3_blobs is not None:
             await self._s3_blobs.close()

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=0.2, gt=0, description="idle worker's queue check (another process's new jobs)"
     )
+    provider_prefetch: int | None = Field(
+        default=None,
+        ge=0,
+        description="pgqueuer: jobs per provider picked ahead of its max_concurrency (they "
+        "wait, started, for a provider slot); default max(8, max_concurrency // 4)",
+    )
     file_concurrency: int = Field(
         default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"
     )
@@ -244,6 +250,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'copydesk.db'}"
+
+    def prefetch(self, max_concurrency: int) -> int:
+        """Jobs picked ahead of a provider's ``max_concurrency`` (the pgqueuer engine)."""
+        if self.provider_prefetch is not None:
+            return self.provider_prefetch
+        return max(8, max_concurrency // 4)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -137,3 +137,43 @@ class MemoryFlowControl:
 
     async def close(self) -> None:
         return None
+
+
+class Slots(Protocol):
+    """Provider concurrency: at most ``max_concurrency`` calls in flight to a provider.
+
+    Taken right before the provider call and given back as soon as it returns. An engine
+    whose dispatch already bounds concurrency (the embedded claim loop) uses
+    :class:`NoSlots`; PgQueuer picks jobs ahead, so its workers share slots kept in
+    PostgreSQL (:mod:`copydesk.limiters.slots`).
+    """
+
+    async def acquire(self, provider: str) -> int:
+        """Wait for a free slot of ``provider``; its number, for :meth:`release`."""
+        ...
+
+    def release(self, provider: str, slot: int) -> None:
+        """Give the slot back (never waits: safe in ``finally`` while cancelled)."""
+        ...
+
+    def warm(self) -> None:
+        """Get ready in the background (a worker starts: connect before the first call)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NoSlots:
+    """No bound here: the engine's dispatch holds concurrency."""
+
+    async def acquire(self, provider: str) -> int:
+        return -1
+
+    def release(self, provider: str, slot: int) -> None:
+        return None
+
+    def warm(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

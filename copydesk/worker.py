@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from copydesk.errors import CopydeskError, InvalidRequest, NotFound
-from copydesk.flow import FlowControl
+from copydesk.flow import FlowControl, NoSlots, Slots
 from copydesk.generation import Generator
 from copydesk.jobs import CANCELLED_ERROR, Failure, RetryPolicy, classify
 from copydesk.library import Library
@@ -214,8 +214,10 @@ class Executor:
         policy: RetryPolicy,
         lease_s: float,
         enqueue: EnqueueHook | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self._enqueue = enqueue
+        self._slots: Slots = slots or NoSlots()
         self._starter = JobStarter(jobs, owner, lease_s)
         self._jobs = jobs
         self._generator = generator
@@ -227,6 +229,7 @@ class Executor:
 
     def open(self) -> None:
         self._starter.start()
+        self._slots.warm()
 
     async def close(self) -> None:
         await self._starter.stop()
@@ -278,12 +281,19 @@ class Executor:
             # (or loads a model), and a permit must be taken as the request leaves, since
             # the provider counts arrivals.
             await self._generator.provider(prepared)
-            permit = await self._flow.acquire(prepared.provider, estimate)
-            called = time.perf_counter()
+            # A provider slot (concurrency) is held for the call only: taken once the job
+            # is ready to send, given back (or handed to a waiting job) as it returns.
+            # The rate permit is taken after it, as the request leaves.
+            slot = await self._slots.acquire(prepared.provider)
             try:
-                generation = await self._generator.run(prepared)
+                permit = await self._flow.acquire(prepared.provider, estimate)
+                called = time.perf_counter()
+                try:
+                    generation = await self._generator.run(prepared)
+                finally:
+                    latency_ms = round((time.perf_counter() - called) * 1000)
             finally:
-                latency_ms = round((time.perf_counter() - called) * 1000)
+                self._slots.release(prepared.provider, slot)
             await self._flow.settle(permit, generation.usage.total_tokens)
         except asyncio.CancelledError:
             raise
@@ -371,6 +381,7 @@ class Worker:
         *,
         library: Library | None = None,
         courier: Courier | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.owner = owner or worker_name()
         self._courier = courier
@@ -388,6 +399,7 @@ class Worker:
             options.policy,
             options.lease_s,
             queue.enqueue_hook,
+            slots,
         )
         self.stop_event = asyncio.Event()
 

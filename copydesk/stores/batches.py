@@ -21,17 +21,26 @@ from copydesk.batches import (
     Usage,
     batch_status,
 )
-from copydesk.jobs import ACTIVE
+from copydesk.jobs import ACTIVE, CANCELLED_ERROR
 from copydesk.store import EnqueueHook, Job
 from copydesk.stores import outbox
 from copydesk.stores.completion import aware, completed_event
-from copydesk.stores.sql import SQLJobStore, _job, _job_from_dict, _SQLPart, utcnow
+from copydesk.stores.sql import (
+    SQLJobStore,
+    _job,
+    _job_from_dict,
+    _SQLPart,
+    count_and_page,
+    queued_row,
+    utcnow,
+)
+from copydesk.stores.sql import (
+    requeued as requeued_values,
+)
 from copydesk.stores.tables import batches, jobs
 
 #: Rows per INSERT (executemany) and per enqueue call when a batch is stored.
 INSERT_CHUNK = 1000
-#: As in a single job's cancel (the shared contract).
-CANCELLED_ERROR = "cancelled by request"
 
 
 class SQLBatchStore(_SQLPart):
@@ -58,25 +67,9 @@ class SQLBatchStore(_SQLPart):
                 values = []
                 for row in rows[start : start + INSERT_CHUNK]:
                     rank += 1
-                    j = row.job
                     values.append(
                         {
-                            "id": j.id,
-                            "org_id": j.org_id,
-                            "agent_id": j.agent_id,
-                            "agent_version": j.agent_version,
-                            "provider": j.provider,
-                            "inputs": j.inputs,
-                            "status": "queued",
-                            "priority": j.priority,
-                            "fair_rank": rank,
-                            "attempts": 0,
-                            "max_attempts": j.max_attempts,
-                            "available_at": now,
-                            "created_at": now,
-                            "updated_at": now,
-                            "prompt_tokens": 0,
-                            "completion_tokens": 0,
+                            **queued_row(row.job, rank, now),
                             "batch_id": batch.id,
                             "row_index": row.row_index,
                             "custom_id": row.custom_id,
@@ -203,21 +196,10 @@ class SQLBatchStore(_SQLPart):
             conditions.append(jobs.c.status.in_(query.statuses))
         if query.custom_id is not None:
             conditions.append(jobs.c.custom_id == query.custom_id)
-        async with self._tx() as conn:
-            total = int(
-                (
-                    await conn.execute(select(func.count()).select_from(jobs).where(*conditions))
-                ).scalar_one()
+        async with self._read() as conn:
+            rows, total = await count_and_page(
+                conn, conditions, jobs.c.row_index, query.offset, query.limit
             )
-            rows = (
-                await conn.execute(
-                    select(jobs)
-                    .where(*conditions)
-                    .order_by(jobs.c.row_index)
-                    .offset(query.offset)
-                    .limit(query.limit)
-                )
-            ).all()
         return [_batch_job(r) for r in rows], total
 
     async def result_rows(self, batch_id: str, after_row: int, limit: int) -> list[ResultRow]:
@@ -308,15 +290,7 @@ class SQLBatchStore(_SQLPart):
                         jobs.c.org_id == org_id,
                         jobs.c.status == "failed",
                     )
-                    .values(
-                        status="queued",
-                        error=None,
-                        error_class=None,
-                        completed_at=None,
-                        available_at=now,
-                        updated_at=now,
-                        max_attempts=jobs.c.attempts + extra_attempts,
-                    )
+                    .values(**requeued_values(now, jobs.c.attempts + extra_attempts))
                     .returning(*jobs.c)
                 )
             ).all()

@@ -82,6 +82,57 @@ def utcnow() -> datetime:
 _HOLDS_WRITER: ContextVar[bool] = ContextVar("copydesk_holds_sqlite_writer", default=False)
 
 
+def queued_row(j: NewJob, fair_rank: int, now: datetime) -> dict[str, Any]:
+    """The jobs-table row of a newly accepted job (J1 and batch rows alike)."""
+    return {
+        "id": j.id,
+        "org_id": j.org_id,
+        "agent_id": j.agent_id,
+        "agent_version": j.agent_version,
+        "provider": j.provider,
+        "inputs": j.inputs,
+        "status": "queued",
+        "priority": j.priority,
+        "fair_rank": fair_rank,
+        "attempts": 0,
+        "max_attempts": j.max_attempts,
+        "available_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
+
+
+def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
+    """The values that queue a failed (or cancelled) job again under the same id, with a
+    fresh allowance of attempts (J4 and a batch's retry of its failed rows alike)."""
+    return {
+        "status": "queued",
+        "error": None,
+        "error_class": None,
+        "completed_at": None,
+        "available_at": now,
+        "updated_at": now,
+        "max_attempts": max_attempts,
+    }
+
+
+async def count_and_page(
+    conn: AsyncConnection, conditions: list[Any], order: Any, offset: int, limit: int
+) -> tuple[Sequence[Row[Any]], int]:
+    """One offset page of jobs matching ``conditions`` and how many match in all."""
+    total = int(
+        (await conn.execute(select(func.count()).select_from(jobs).where(*conditions))).scalar_one()
+    )
+    rows = (
+        await conn.execute(
+            select(jobs).where(*conditions).order_by(order).offset(offset).limit(limit)
+        )
+    ).all()
+    return rows, total
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -518,26 +569,7 @@ class SQLJobStore(_SQLPart):
             rows = []
             for j in new_jobs:
                 base[j.org_id] += 1
-                rows.append(
-                    {
-                        "id": j.id,
-                        "org_id": j.org_id,
-                        "agent_id": j.agent_id,
-                        "agent_version": j.agent_version,
-                        "provider": j.provider,
-                        "inputs": j.inputs,
-                        "status": "queued",
-                        "priority": j.priority,
-                        "fair_rank": base[j.org_id],
-                        "attempts": 0,
-                        "max_attempts": j.max_attempts,
-                        "available_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                        "prompt_tokens": 0,
-                        "completion_tokens": 0,
-                    }
-                )
+                rows.append(queued_row(j, base[j.org_id], now))
             await conn.execute(insert(jobs), rows)
             created = [_job_from_dict(r) for r in rows]
             if enqueue is not None:
@@ -584,20 +616,7 @@ class SQLJobStore(_SQLPart):
         if statuses:
             conditions.append(jobs.c.status.in_(statuses))
         async with self._read() as conn:
-            total = int(
-                (
-                    await conn.execute(select(func.count()).select_from(jobs).where(*conditions))
-                ).scalar_one()
-            )
-            rows = (
-                await conn.execute(
-                    select(jobs)
-                    .where(*conditions)
-                    .order_by(jobs.c.seq.desc())
-                    .offset(offset)
-                    .limit(limit)
-                )
-            ).all()
+            rows, total = await count_and_page(conn, conditions, jobs.c.seq.desc(), offset, limit)
         return JobPage(items=[_job(r) for r in rows], total=total)
 
     async def get_job_detail(
@@ -1048,16 +1067,7 @@ class SQLJobStore(_SQLPart):
                 await conn.execute(
                     update(jobs)
                     .where(jobs.c.seq == row.seq, jobs.c.status.in_(("failed", "cancelled")))
-                    .values(
-                        status="queued",
-                        error=None,
-                        error_class=None,
-                        completed_at=None,
-                        available_at=now,
-                        updated_at=now,
-                        # a fresh allowance of attempts for this run
-                        max_attempts=row.attempts + extra_attempts,
-                    )
+                    .values(**requeued(now, row.attempts + extra_attempts))
                     .returning(*jobs.c)
                 )
             ).first()

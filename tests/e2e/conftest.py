@@ -109,6 +109,35 @@ def copydesk(
     return result
 
 
+def copydesk_in_process(
+    env: dict[str, str], *args: str | Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``copydesk`` CLI in this process (typer's runner), with ``env`` laid over the
+    environment: the same result as :func:`copydesk`, for commands that only talk to a
+    server over HTTP, so their code is measured with the in-process tiers' coverage."""
+    from typer.testing import CliRunner
+
+    from copydesk.cli import cli
+
+    overlay: dict[str, str | None] = {
+        k: None for k in os.environ if k.startswith(("COPYDESK_", "WRITER_"))
+    }
+    overlay.update(env)
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=overlay)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    completed = subprocess.CompletedProcess(
+        ["copydesk", *map(str, args)], result.exit_code, result.stdout, result.stderr
+    )
+    if check and result.exit_code != 0:
+        pytest.fail(
+            f"copydesk {' '.join(map(str, args))} exited {result.exit_code}\n"
+            f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}",
+            pytrace=False,
+        )
+    return completed
+
+
 class ListeningProcess:
     """A server subprocess that prints ``PREFIX URL`` once ready; its output is kept.
 

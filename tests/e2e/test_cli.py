@@ -18,9 +18,14 @@ from tests.e2e.conftest import (
     SOCIAL_ID,
     ListeningProcess,
     clean_env,
-    copydesk,
+    copydesk_in_process,
     write_agent,
 )
+
+#: The agents and keys commands only open the data dir's database: they run in this
+#: process (typer's runner), so their code counts in the coverage; `serve` below and the
+#: jobs CLI's first test run as real subprocesses.
+run_cli = copydesk_in_process
 
 EXIT_NOT_FOUND = 3
 EXIT_INVALID = 4
@@ -38,7 +43,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def listed_agents(env: dict[str, str]) -> str:
-    return copydesk(env, "agents", "list").stdout
+    return run_cli(env, "agents", "list").stdout
 
 
 # --- agents deploy: validation -------------------------------------------------------------
@@ -58,7 +63,7 @@ def test_invalid_file_names_the_file_the_field_and_the_fix(
     folder = tmp_path / "agents"
     good = write_agent(folder, "a-good.yaml", f"id: {uuid.uuid4()}\nname: Good\nprompt: Hi\n")
     bad = write_agent(folder, "b-bad.yaml", BAD_AGENT)
-    result = copydesk(env, "agents", "deploy", folder, check=False)
+    result = run_cli(env, "agents", "deploy", folder, check=False)
     assert result.returncode == EXIT_INVALID
     message = result.stderr
     assert str(bad) in message
@@ -98,7 +103,7 @@ def test_each_kind_of_invalid_file(
     env: dict[str, str], tmp_path: Path, text: str, expected: str
 ) -> None:
     path = write_agent(tmp_path, "agent.yaml", text)
-    result = copydesk(env, "agents", "deploy", path, check=False)
+    result = run_cli(env, "agents", "deploy", path, check=False)
     assert result.returncode == EXIT_INVALID
     assert str(path) in result.stderr
     assert expected in result.stderr
@@ -106,25 +111,25 @@ def test_each_kind_of_invalid_file(
 
 def test_unknown_provider_lists_the_configured_ones(env: dict[str, str], tmp_path: Path) -> None:
     path = write_agent(tmp_path, "agent.yaml", "name: X\nprompt: Hi\nmodel:\n  provider: gpt\n")
-    result = copydesk(env, "agents", "deploy", path, check=False)
+    result = run_cli(env, "agents", "deploy", path, check=False)
     assert result.returncode == EXIT_INVALID
     assert "'gpt' is not a configured provider; use one of: echo, local" in result.stderr
 
 
 def test_paths_with_brackets_are_printed_as_they_are(env: dict[str, str], tmp_path: Path) -> None:
     path = write_agent(tmp_path / "agents[v2]", "agent[1].yaml", "name: X\n")
-    result = copydesk(env, "agents", "deploy", path, check=False)
+    result = run_cli(env, "agents", "deploy", path, check=False)
     assert result.returncode == EXIT_INVALID
     assert str(path) in result.stderr
     good = write_agent(tmp_path / "agents[v2]", "good[2].yaml", "name: Y\nprompt: Hi\n")
-    deployed = copydesk(env, "agents", "deploy", good).stdout
+    deployed = run_cli(env, "agents", "deploy", good).stdout
     assert str(good) in deployed
 
 
 def test_no_agent_file_found(env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = copydesk(env, "agents", "deploy", empty, check=False)
+    result = run_cli(env, "agents", "deploy", empty, check=False)
     assert result.returncode == EXIT_INVALID
     assert "no *.yaml or *.yml agent file found" in result.stderr
 
@@ -153,7 +158,7 @@ def test_serve_refuses_an_invalid_agent_without_a_traceback(
 def test_a_file_without_an_id_gets_one_written_back(env: dict[str, str], tmp_path: Path) -> None:
     original = "name: Tagline writer\nprompt: Write a tagline.\n"
     path = write_agent(tmp_path, "tagline.yaml", original)
-    first = copydesk(env, "agents", "deploy", path).stdout
+    first = run_cli(env, "agents", "deploy", path).stdout
     written = path.read_text(encoding="utf-8")
     head, _, rest = written.partition("\n")
     assert rest == original  # the rest of the file is untouched
@@ -162,15 +167,15 @@ def test_a_file_without_an_id_gets_one_written_back(env: dict[str, str], tmp_pat
     assert yaml.safe_load(written)["id"] == agent_id
     assert f"deployed {agent_id} 'Tagline writer' as version 1 ({path})" in first
     # Deploying again keeps the id and makes a new version.
-    second = copydesk(env, "agents", "deploy", path).stdout
+    second = run_cli(env, "agents", "deploy", path).stdout
     assert f"deployed {agent_id} 'Tagline writer' as version 2" in second
     assert path.read_text(encoding="utf-8") == written
-    shown = json.loads(copydesk(env, "agents", "show", agent_id).stdout)
+    shown = json.loads(run_cli(env, "agents", "show", agent_id).stdout)
     assert shown["version"] == 2
 
 
 def test_agents_list_and_show(env: dict[str, str], tmp_path: Path) -> None:
-    copydesk(env, "agents", "deploy", EXAMPLES)
+    run_cli(env, "agents", "deploy", EXAMPLES)
     listing = listed_agents(env)
     for agent_id, name in [
         (PRODUCT_ID, "Product description writer"),
@@ -178,7 +183,7 @@ def test_agents_list_and_show(env: dict[str, str], tmp_path: Path) -> None:
     ]:
         line = next(line for line in listing.splitlines() if agent_id in line)  # full ids
         assert name in line
-    shown = json.loads(copydesk(env, "agents", "show", PRODUCT_ID).stdout)
+    shown = json.loads(run_cli(env, "agents", "show", PRODUCT_ID).stdout)
     assert shown["id"] == PRODUCT_ID
     assert shown["name"] == "Product description writer"
     assert shown["status"] == "deployed"
@@ -197,9 +202,9 @@ def test_agents_list_and_show(env: dict[str, str], tmp_path: Path) -> None:
         .replace("max_tokens: 200", "max_tokens: 99"),
         encoding="utf-8",
     )
-    copydesk(env, "agents", "deploy", changed)
-    latest = json.loads(copydesk(env, "agents", "show", PRODUCT_ID).stdout)
-    past = json.loads(copydesk(env, "agents", "show", PRODUCT_ID, "--version", "1").stdout)
+    run_cli(env, "agents", "deploy", changed)
+    latest = json.loads(run_cli(env, "agents", "show", PRODUCT_ID).stdout)
+    past = json.loads(run_cli(env, "agents", "show", PRODUCT_ID, "--version", "1").stdout)
     assert latest["version"] == 2
     assert latest["definition"]["parameters"]["max_tokens"] == 99
     assert past["version"] == 1
@@ -207,23 +212,23 @@ def test_agents_list_and_show(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_agents_are_per_organisation(env: dict[str, str], tmp_path: Path) -> None:
-    copydesk(env, "agents", "deploy", EXAMPLES / "social-post.yaml", "--org", "acme")
-    copydesk(env, "agents", "deploy", EXAMPLES / "alt-text.yaml")
-    acme = copydesk(env, "agents", "list", "--org", "acme").stdout
+    run_cli(env, "agents", "deploy", EXAMPLES / "social-post.yaml", "--org", "acme")
+    run_cli(env, "agents", "deploy", EXAMPLES / "alt-text.yaml")
+    acme = run_cli(env, "agents", "list", "--org", "acme").stdout
     assert SOCIAL_ID in acme
     assert "Alt text writer" not in acme
     assert SOCIAL_ID not in listed_agents(env)
-    hidden = copydesk(env, "agents", "show", SOCIAL_ID, check=False)
+    hidden = run_cli(env, "agents", "show", SOCIAL_ID, check=False)
     assert hidden.returncode == EXIT_NOT_FOUND
     assert SOCIAL_ID in hidden.stderr
 
 
 def test_show_and_list_report_what_is_missing(env: dict[str, str]) -> None:
-    copydesk(env, "agents", "deploy", EXAMPLES / "alt-text.yaml")  # the default org exists
-    missing = copydesk(env, "agents", "show", "no-such-agent", check=False)
+    run_cli(env, "agents", "deploy", EXAMPLES / "alt-text.yaml")  # the default org exists
+    missing = run_cli(env, "agents", "show", "no-such-agent", check=False)
     assert missing.returncode == EXIT_NOT_FOUND
     assert "application 'no-such-agent' was not found" in missing.stderr
-    nobody = copydesk(env, "agents", "list", "--org", "nobody", check=False)
+    nobody = run_cli(env, "agents", "list", "--org", "nobody", check=False)
     assert nobody.returncode == EXIT_NOT_FOUND
     assert "organisation 'nobody' was not found" in nobody.stderr
 
@@ -232,7 +237,7 @@ def test_show_and_list_report_what_is_missing(env: dict[str, str]) -> None:
 
 
 def test_keys_create_list_revoke(env: dict[str, str]) -> None:
-    created = [copydesk(env, "keys", "create", "--org", org) for org in ("acme", "acme", "zeta")]
+    created = [run_cli(env, "keys", "create", "--org", org) for org in ("acme", "acme", "zeta")]
     keys = [c.stdout.strip() for c in created]
     prefixes = []
     for result, key in zip(created, keys, strict=True):
@@ -243,8 +248,8 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
         assert key not in result.stderr
     assert len(set(keys)) == 3
 
-    table = copydesk(env, "keys", "list").stdout
-    as_json = copydesk(env, "keys", "list", "--json").stdout
+    table = run_cli(env, "keys", "list").stdout
+    as_json = run_cli(env, "keys", "list", "--json").stdout
     for key, prefix in zip(keys, prefixes, strict=True):
         secret = key.split("_", 2)[2]
         for listing in (table, as_json):
@@ -259,21 +264,21 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
         (prefixes[2], "zeta"),
     ]
     assert set(rows[0]) == {"id", "prefix", "name", "organization", "created_at", "revoked_at"}
-    only_zeta = json.loads(copydesk(env, "keys", "list", "--org", "zeta", "--json").stdout)
+    only_zeta = json.loads(run_cli(env, "keys", "list", "--org", "zeta", "--json").stdout)
     assert [r["prefix"] for r in only_zeta] == [prefixes[2]]
 
     # revoke by prefix, then by id
-    revoked = copydesk(env, "keys", "revoke", prefixes[0]).stdout
+    revoked = run_cli(env, "keys", "revoke", prefixes[0]).stdout
     assert f"revoked key {rows[0]['id']} (prefix {prefixes[0]})" in revoked
-    copydesk(env, "keys", "revoke", rows[2]["id"])
+    run_cli(env, "keys", "revoke", rows[2]["id"])
     after = {r["prefix"]: r["revoked_at"] for r in json.loads(
-        copydesk(env, "keys", "list", "--json").stdout
+        run_cli(env, "keys", "list", "--json").stdout
     )}  # fmt: skip
     assert after[prefixes[0]] is not None
     assert after[prefixes[1]] is None
     assert after[prefixes[2]] is not None
-    assert prefixes[0] in copydesk(env, "keys", "list").stdout  # revoked keys stay listed
+    assert prefixes[0] in run_cli(env, "keys", "list").stdout  # revoked keys stay listed
 
-    unknown = copydesk(env, "keys", "revoke", "000000000000", check=False)
+    unknown = run_cli(env, "keys", "revoke", "000000000000", check=False)
     assert unknown.returncode == EXIT_NOT_FOUND
     assert "000000000000" in unknown.stderr
