@@ -168,11 +168,14 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=0.2, gt=0, description="idle worker's queue check (another process's new jobs)"
     )
-    provider_prefetch: int | None = Field(
-        default=None,
+    provider_prefetch: int = Field(
+        default=0,
         ge=0,
-        description="pgqueuer: jobs per provider picked ahead of its max_concurrency (they "
-        "wait, started, for a provider slot); default max(8, max_concurrency // 4)",
+        description="pgqueuer: jobs per provider picked ahead of its max_concurrency; they "
+        "wait, started, for a provider slot, so a freed slot is refilled at once (saturation "
+        "1.3x -> 1.1x of ideal at 200 x 1 s calls), at the price of up to this many jobs "
+        "running before a later, higher-priority one and counting as started if cancelled "
+        "while they wait. 0 (the default) keeps priorities and cancel exact",
     )
     file_concurrency: int = Field(
         default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"
@@ -252,10 +255,9 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'copydesk.db'}"
 
     def prefetch(self, max_concurrency: int) -> int:
-        """Jobs picked ahead of a provider's ``max_concurrency`` (the pgqueuer engine)."""
-        if self.provider_prefetch is not None:
-            return self.provider_prefetch
-        return max(8, max_concurrency // 4)
+        """Jobs picked ahead of a provider's ``max_concurrency`` (the pgqueuer engine),
+        never more than the limit itself."""
+        return min(self.provider_prefetch, max_concurrency)
 
     @property
     def max_upload_bytes(self) -> int:

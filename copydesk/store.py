@@ -267,6 +267,12 @@ class JobStore(Protocol):
 
     async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int: ...
 
+    async def unstart_jobs(
+        self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
+    ) -> int:
+        """Queue again started jobs that never reached the provider (no attempt used)."""
+        ...
+
     async def release_jobs(
         self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
     ) -> int:

@@ -201,6 +201,11 @@ class WorkerOptions:
     cancel_poll_s: float = 0.5
 
 
+class _GivenBack(BaseException):
+    """A job the stopping worker gives back before its provider call (not an attempt's
+    failure: a BaseException, so no ``except Exception`` classifies it)."""
+
+
 class Executor:
     """Runs one job attempt: prepare, respect flow control, call the provider, record."""
 
@@ -226,10 +231,23 @@ class Executor:
         self.owner = owner
         self._policy = policy
         self._lease_s = lease_s
+        self._stopping = False
+        # Jobs waiting for a provider slot (picked ahead by the engine), and those of them
+        # a stop interrupted: they go back to the queue untouched.
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._given_back: set[str] = set()
 
     def open(self) -> None:
         self._starter.start()
         self._slots.warm()
+
+    def stopping(self) -> None:
+        """The worker stops: calls under way finish; jobs not yet at the provider (waiting
+        for a slot, or arriving from now on) are given back to the queue as they were."""
+        self._stopping = True
+        for job_id, task in list(self._waiting.items()):
+            self._given_back.add(job_id)
+            task.cancel()
 
     async def close(self) -> None:
         await self._starter.stop()
@@ -249,6 +267,11 @@ class Executor:
         )
         try:
             outcome = await self._attempt(job, base)
+        except _GivenBack:
+            # Stopping before the call: queued again as if never started (no attempt
+            # used or recorded); another worker, or this one's successor, runs it.
+            await asyncio.shield(self._jobs.unstart_jobs(self.owner, [job.id], self._enqueue))
+            return
         except asyncio.CancelledError:
             if await asyncio.shield(self._jobs.cancelled_among([job.id])):
                 # Cancelled by request (the provider call, if any, is aborted): the attempt
@@ -270,6 +293,24 @@ class Executor:
             raise
         await self._writer.hand_over(outcome)
 
+    async def _take_slot(self, job_id: str, provider: str) -> int:
+        """A provider slot; raises _GivenBack when the worker stops before one is free."""
+        if self._stopping:
+            raise _GivenBack
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[job_id] = task
+        try:
+            return await self._slots.acquire(provider)
+        except asyncio.CancelledError:
+            if job_id in self._given_back:
+                self._given_back.discard(job_id)
+                task.uncancel()
+                raise _GivenBack from None
+            raise
+        finally:
+            self._waiting.pop(job_id, None)
+
     async def _attempt(self, job: Job, base: Outcome) -> Outcome:
         latency_ms: int | None = None
         try:
@@ -284,7 +325,7 @@ class Executor:
             # A provider slot (concurrency) is held for the call only: taken once the job
             # is ready to send, given back (or handed to a waiting job) as it returns.
             # The rate permit is taken after it, as the request leaves.
-            slot = await self._slots.acquire(prepared.provider)
+            slot = await self._take_slot(job.id, prepared.provider)
             try:
                 permit = await self._flow.acquire(prepared.provider, estimate)
                 called = time.perf_counter()
@@ -444,6 +485,7 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.executor.stopping()
 
     async def _watch_cancels(self) -> None:
         """Abort the in-flight jobs whose row says cancelled (cancelled through another

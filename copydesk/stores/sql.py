@@ -133,6 +133,10 @@ async def count_and_page(
     return rows, total
 
 
+#: The attempt-record upserts by (dialect, keep_applied).
+_UPSERTS: dict[tuple[str, bool], Any] = {}
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -789,6 +793,38 @@ class SQLJobStore(_SQLPart):
             )
         return int(result.rowcount)
 
+    async def unstart_jobs(
+        self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
+    ) -> int:
+        """Queue again jobs this worker started but never sent to the provider (picked
+        ahead, then the worker stopped): as they were before the start, no attempt used."""
+        if not job_ids:
+            return 0
+        now = utcnow()
+        async with self._tx() as conn:
+            rows = (
+                await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(job_ids),
+                        jobs.c.lease_owner == owner,
+                        jobs.c.status == "running",
+                    )
+                    .values(
+                        status="queued",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        attempts=jobs.c.attempts - 1,
+                        available_at=now,
+                        updated_at=now,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).all()
+            if rows and enqueue is not None:
+                await enqueue(conn, [_job(r) for r in rows])
+        return len(rows)
+
     async def release_jobs(
         self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
     ) -> int:
@@ -1032,7 +1068,15 @@ class SQLJobStore(_SQLPart):
 
     def _attempts_upsert(self, *, keep_applied: bool) -> Any:
         """INSERT of attempt records that replaces an earlier record of the same attempt,
-        except that a dropped duplicate never overwrites an outcome that took effect."""
+        except that a dropped duplicate never overwrites an outcome that took effect.
+        Built once per dialect (every outcome batch uses it)."""
+        key = (self.dialect, keep_applied)
+        stmt = _UPSERTS.get(key)
+        if stmt is None:
+            stmt = _UPSERTS[key] = self._build_attempts_upsert(keep_applied=keep_applied)
+        return stmt
+
+    def _build_attempts_upsert(self, *, keep_applied: bool) -> Any:
         dialect_insert: Any = pg_insert if self.dialect == "postgresql" else sqlite_insert
         stmt = dialect_insert(job_attempts)
         columns = [c.name for c in job_attempts.c if c.name not in ("job_seq", "number")]

@@ -40,7 +40,10 @@ async def wait_all_completed(deployment: Deployment, jobs: int, timeout_s: float
 async def test_max_concurrency_holds_across_two_workers(deployments: Any, fake_llm: Any) -> None:
     limit, jobs = 20, 200
     fake = fake_llm("--latency", "0.3")
-    env = fake.provider_env(MAX_CONCURRENCY=limit, TIMEOUT_S=30)
+    env = {
+        **fake.provider_env(MAX_CONCURRENCY=limit, TIMEOUT_S=30),
+        "COPYDESK_PROVIDER_PREFETCH": "8",
+    }
     # PgQueuer picks up to limit + prefetch (8 here): the provider slots (advisory locks
     # shared by the two processes) are what must hold the calls in flight to it.
     deployment = deployments("scaleout", env=env, workers=2, start_workers=False)

@@ -46,11 +46,14 @@ def sigterm_and_wait(process: Any, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-async def start_first_worker(deployments: Any, fake: Any, grace_s: float) -> tuple[Any, Any]:
+async def start_first_worker(
+    deployments: Any, fake: Any, grace_s: float, prefetch: int = 0
+) -> tuple[Any, Any]:
     env = {
         **fake.provider_env(MAX_CONCURRENCY=4, TIMEOUT_S=30),
         "COPYDESK_SHUTDOWN_GRACE_S": str(grace_s),
         "COPYDESK_LEASE_S": "30",
+        "COPYDESK_PROVIDER_PREFETCH": str(prefetch),
     }
     deployment = deployments("scaleout", env=env, workers=2, start_workers=False)
     await submit_jobs(
@@ -66,11 +69,16 @@ async def start_first_worker(deployments: Any, fake: Any, grace_s: float) -> tup
     return deployment, (first, second)
 
 
+@pytest.mark.parametrize("prefetch", [0, 8], ids=["no-prefetch", "prefetch"])
 async def test_sigterm_finishes_in_flight_jobs_within_the_grace_time(
-    deployments: Any, fake_llm: Any
+    deployments: Any, fake_llm: Any, prefetch: int
 ) -> None:
+    # With a prefetch, 8 more jobs are picked and started, waiting for a provider slot:
+    # the stop gives them back untouched (queued, no attempt used or recorded).
     fake = fake_llm("--latency", "1.5")
-    deployment, (first, _) = await start_first_worker(deployments, fake, grace_s=10)
+    deployment, (first, _) = await start_first_worker(
+        deployments, fake, grace_s=10, prefetch=prefetch
+    )
     name = (first.url or "").split()[0]
 
     took = sigterm_and_wait(first, 20)
@@ -82,6 +90,8 @@ async def test_sigterm_finishes_in_flight_jobs_within_the_grace_time(
     assert counts == {"completed": 4, "queued": JOBS - 4}, counts
     assert await outcomes(deployment, name) == ["completed"] * 4
     assert int(fake.stats(arrivals=False)["requests_total"]) == 4
+    unused = await deployment.arows("SELECT count(*) FROM jobs WHERE attempts = 0")
+    assert int(unused[0][0]) == JOBS - 4
 
 
 async def test_sigterm_past_the_grace_time_releases_jobs_to_another_worker(
