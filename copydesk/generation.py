@@ -148,15 +148,7 @@ class Generator:
     ) -> Prepared:
         """Validate, then read the files (waiting for ones still being processed)."""
         checked = await self.validate(org_id, agent_id, raw_inputs, version)
-        agent, values = checked.agent, checked.values
-        resolved = (
-            await self._attachments.resolve(org_id, agent.spec, values)
-            if agent.spec.has_files
-            else None
-        )
-        default_model = self._providers.settings_of(checked.provider).model
-        request = build_request(agent, values, default_model, resolved)
-        return Prepared(agent, values, checked.provider, request)
+        return await self._ready(org_id, checked)
 
     async def prepare_job(
         self, org_id: str, agent_id: str, version: int, inputs: list[dict[str, Any]]
@@ -167,14 +159,19 @@ class Generator:
         agent = await self._catalog.get(org_id, agent_id, version)
         values = {str(item["id"]): list(item["value"]) for item in inputs}
         provider = self._providers.resolve_name(agent.spec.model.provider)
+        return await self._ready(org_id, Validated(agent, values, provider))
+
+    async def _ready(self, org_id: str, call: Validated) -> Prepared:
+        """Read the call's files (if its agent takes any) and build the provider request."""
+        agent, values = call.agent, call.values
         resolved = (
             await self._attachments.resolve(org_id, agent.spec, values)
             if agent.spec.has_files
             else None
         )
-        default_model = self._providers.settings_of(provider).model
+        default_model = self._providers.settings_of(call.provider).model
         request = build_request(agent, values, default_model, resolved)
-        return Prepared(agent, values, provider, request)
+        return Prepared(agent, values, call.provider, request)
 
     async def provider(self, prepared: Prepared) -> Provider:
         """The (opened) provider a prepared call goes to."""

@@ -267,9 +267,8 @@ class SQLStore:
         return key
 
     async def find_api_key(self, prefix: str) -> ApiKey | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
-        return _api_key(row) if row else None
+        found = await self.find_api_key_with_org(prefix)
+        return found[0] if found else None
 
     async def find_api_key_with_org(self, prefix: str) -> tuple[ApiKey, Organization | None] | None:
         """The key and its organisation in one statement (every request's check)."""
@@ -800,30 +799,45 @@ class SQLJobStore(_SQLPart):
         ahead, then the worker stopped): as they were before the start, no attempt used."""
         if not job_ids:
             return 0
-        now = utcnow()
         async with self._tx() as conn:
-            rows = (
-                await conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(job_ids),
-                        jobs.c.lease_owner == owner,
-                        jobs.c.status == "running",
-                    )
-                    .values(
-                        status="queued",
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        attempts=jobs.c.attempts - 1,
-                        available_at=now,
-                        updated_at=now,
-                    )
-                    .returning(*jobs.c)
-                )
-            ).all()
-            if rows and enqueue is not None:
-                await enqueue(conn, [_job(r) for r in rows])
+            rows = await self._requeue_held(
+                conn, owner, job_ids, utcnow(), enqueue, attempts=jobs.c.attempts - 1
+            )
         return len(rows)
+
+    async def _requeue_held(
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        job_ids: list[str],
+        now: datetime,
+        enqueue: EnqueueHook | None,
+        **values: Any,
+    ) -> Sequence[Row[Any]]:
+        """Put the jobs ``owner`` still runs back in the queue at ``now``, with ``values``
+        on top, and queue them on the engine; the rows as they are afterwards."""
+        rows = (
+            await conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id.in_(job_ids),
+                    jobs.c.lease_owner == owner,
+                    jobs.c.status == "running",
+                )
+                .values(
+                    status="queued",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    available_at=now,
+                    updated_at=now,
+                    **values,
+                )
+                .returning(*jobs.c)
+            )
+        ).all()
+        if rows and enqueue is not None:
+            await enqueue(conn, [_job(r) for r in rows])
+        return rows
 
     async def release_jobs(
         self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
@@ -832,27 +846,11 @@ class SQLJobStore(_SQLPart):
             return 0
         now = utcnow()
         async with self._tx() as conn:
-            rows = (
-                await conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(job_ids),
-                        jobs.c.lease_owner == owner,
-                        jobs.c.status == "running",
-                    )
-                    .values(
-                        status="queued",
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        available_at=now,
-                        updated_at=now,
-                        # A shutdown is not the job's fault: its allowance grows by the
-                        # attempt it used (the attempt stays in the history).
-                        max_attempts=jobs.c.max_attempts + 1,
-                    )
-                    .returning(*jobs.c)
-                )
-            ).all()
+            # A shutdown is not the job's fault: its allowance grows by the attempt it
+            # used (the attempt stays in the history).
+            rows = await self._requeue_held(
+                conn, owner, job_ids, now, enqueue, max_attempts=jobs.c.max_attempts + 1
+            )
             for r in rows:
                 await self._upsert_attempt(
                     conn,
@@ -870,8 +868,6 @@ class SQLJobStore(_SQLPart):
                         "completion_tokens": 0,
                     },
                 )
-            if rows and enqueue is not None:
-                await enqueue(conn, [_job(r) for r in rows])
         return len(rows)
 
     async def reap_expired(
