@@ -1,6 +1,7 @@
 """Backend saturation: N jobs against the fake LLM server with 1 s latency at concurrency C.
 
-Jobs are submitted through the API first (workers off), then workers start and the clock
+Jobs are stored through the API first (as batches of 5,000 rows, or with ``--submit jobs``
+one ``POST …/jobs`` each; workers off), then workers start and the clock
 runs until the last job completes. Ideal wall time = N / C * latency. Both deployments:
 embedded (SQLite, `copydesk serve`) and scale-out (PostgreSQL, `serve --no-workers` +
 one `copydesk worker`, PgQueuer engine).
@@ -30,7 +31,21 @@ INPUTS = [
 ]
 
 
+def submit_batches(base_url: str, key: str, count: int, rows_per_batch: int = 5000) -> float:
+    """Store ``count`` jobs as batches (one request per ``rows_per_batch``): seconds."""
+    started = time.perf_counter()
+    with httpx.Client(
+        base_url=base_url, headers={"authorization": f"Bearer {key}"}, timeout=300
+    ) as client:
+        for first in range(0, count, rows_per_batch):
+            rows = [{"inputs": INPUTS} for _ in range(min(rows_per_batch, count - first))]
+            r = client.post(f"/v1/applications/{AGENT}/batches", json=rows)
+            r.raise_for_status()
+    return time.perf_counter() - started
+
+
 async def submit(base_url: str, key: str, count: int, parallel: int = 64) -> float:
+    """Store ``count`` jobs one ``POST …/jobs`` each, ``parallel`` at a time: seconds."""
     started = time.perf_counter()
     async with httpx.AsyncClient(
         base_url=base_url, headers={"authorization": f"Bearer {key}"}, timeout=60
@@ -68,7 +83,12 @@ def _python_pid(pid: int) -> int:
 
 
 def run_one(
-    deployment: str, jobs: int, concurrency: int, latency: float, profile: str | None = None
+    deployment: str,
+    jobs: int,
+    concurrency: int,
+    latency: float,
+    profile: str | None = None,
+    via: str = "batches",
 ) -> dict[str, Any]:
     with ExitStack() as stack:
         llm, llm_url = fake_llm("--latency", str(latency))
@@ -89,7 +109,10 @@ def run_one(
         stack.callback(api.stop)
         base_url = api.wait_for("COPYDESK_LISTENING ")
         key = api.line_after("API key for organisation")
-        submit_s = asyncio.run(submit(base_url, key, jobs))
+        if via == "batches":
+            submit_s = submit_batches(base_url, key, jobs)
+        else:
+            submit_s = asyncio.run(submit(base_url, key, jobs))
         worker = api
         if deployment == "embedded":
             api.stop()  # the embedded default runs its workers inside `serve`
@@ -131,6 +154,7 @@ def run_one(
         "jobs": jobs,
         "concurrency": concurrency,
         "latency_s": latency,
+        "submitted_via": via,
         "submit_s": round(submit_s, 2),
         "wall_s": round(wall, 2),
         "ideal_s": round(ideal, 2),
@@ -156,6 +180,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", help="py-spy the worker into bench/results/<name>-<deployment>.json"
     )
+    parser.add_argument(
+        "--submit",
+        choices=["batches", "jobs"],
+        default="batches",
+        help="store the jobs as batches of 5,000 rows (default) or one POST …/jobs each",
+    )
     args = parser.parse_args()
     rows = [
         run_one(
@@ -164,6 +194,7 @@ def main() -> None:
             args.concurrency,
             args.latency,
             str(ROOT / "bench" / "results" / f"{args.profile}-{d}.json") if args.profile else None,
+            args.submit,
         )
         for d in args.deployments.split(",")
     ]

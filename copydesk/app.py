@@ -18,7 +18,7 @@ from copydesk.blobs.local import LocalBlobStore
 from copydesk.catalog import Catalog
 from copydesk.config import Settings
 from copydesk.fetching import UrlFetcher
-from copydesk.flow import FlowControl, Limits, MemoryFlowControl, NoSlots, Slots
+from copydesk.flow import FlowControl, Limits, LocalSlots, MemoryFlowControl, Slots
 from copydesk.generation import Generator
 from copydesk.idempotency import Idempotency
 from copydesk.jobs import RetryPolicy
@@ -109,19 +109,22 @@ class App:
             return PgQueuerQueue(self.store, self._concurrency(), self.settings)
         from copydesk.engines.embedded import EmbeddedQueue
 
+        concurrency = self._concurrency()
         return EmbeddedQueue(
             self.jobs,
-            self._concurrency(),
+            concurrency,
             lease_s=self.settings.lease_s,
             poll_interval_s=self.settings.poll_interval_s,
+            prefetch={p: self.settings.prefetch(n) for p, n in concurrency.items()},
         )
 
     def _build_slots(self) -> Slots:
-        """Provider concurrency held while a call is in flight. The embedded engine bounds
-        it by what it claims; PgQueuer picks jobs ahead (``provider_prefetch``), so its
-        workers share slots in PostgreSQL (one connection each, opened on first use)."""
+        """Provider concurrency held while a call is in flight. Both engines pick jobs
+        ahead (``provider_prefetch``): the embedded engine keeps its slots in this
+        process; PgQueuer's workers share theirs in PostgreSQL (one connection each,
+        opened on first use)."""
         if self.settings.resolved_engine != "pgqueuer":
-            return NoSlots()
+            return LocalSlots(self._concurrency())
         from copydesk.engines.pgqueuer import dsn_of
         from copydesk.limiters.slots import PostgresSlots
 

@@ -221,11 +221,15 @@ def worker() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, w.stop)
-            out.print(
-                f"COPYDESK_WORKER {w.owner} engine={settings.resolved_engine}", highlight=False
-            )
-            sys.stdout.flush()
-            await w.run()
+            running = asyncio.create_task(w.run(), name="worker")
+            await w.until_ready(running)  # the line means: taking work now
+            if not running.done():
+                out.print(
+                    f"COPYDESK_WORKER {w.owner} engine={settings.resolved_engine}",
+                    highlight=False,
+                )
+                sys.stdout.flush()
+            await running
 
     run_loop(main())
 

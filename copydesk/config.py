@@ -168,14 +168,16 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         default=0.2, gt=0, description="idle worker's queue check (another process's new jobs)"
     )
-    provider_prefetch: int = Field(
-        default=0,
+    provider_prefetch: int | None = Field(
+        default=None,
         ge=0,
-        description="pgqueuer: jobs per provider picked ahead of its max_concurrency; they "
-        "wait, started, for a provider slot, so a freed slot is refilled at once (saturation "
-        "1.3x -> 1.1x of ideal at 200 x 1 s calls), at the price of up to this many jobs "
-        "running before a later, higher-priority one and counting as started if cancelled "
-        "while they wait. 0 (the default) keeps priorities and cancel exact",
+        description="jobs per provider a worker picks ahead of its max_concurrency; they "
+        "wait, started and ready to send, for a provider slot, so a slot freed by a "
+        "returning call is refilled at once instead of after a trip to the queue. Unset: "
+        "half of max_concurrency (rounded down). The price: up to this many jobs per "
+        "worker are taken before a later, higher-priority one, and a job cancelled while "
+        "it waits ends with a cancelled attempt (no provider call). 0 keeps priorities "
+        "exact",
     )
     file_concurrency: int = Field(
         default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"
@@ -255,8 +257,10 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'copydesk.db'}"
 
     def prefetch(self, max_concurrency: int) -> int:
-        """Jobs picked ahead of a provider's ``max_concurrency`` (the pgqueuer engine),
-        never more than the limit itself."""
+        """Jobs a worker picks ahead of a provider's ``max_concurrency``: the setting,
+        never more than the limit itself; half the limit when unset."""
+        if self.provider_prefetch is None:
+            return max_concurrency // 2
         return min(self.provider_prefetch, max_concurrency)
 
     @property

@@ -8,6 +8,7 @@ the dispatch engine; this port bounds the *rate*. Windows are sliding (exact): i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -142,10 +143,11 @@ class MemoryFlowControl:
 class Slots(Protocol):
     """Provider concurrency: at most ``max_concurrency`` calls in flight to a provider.
 
-    Taken right before the provider call and given back as soon as it returns. An engine
-    whose dispatch already bounds concurrency (the embedded claim loop) uses
-    :class:`NoSlots`; PgQueuer picks jobs ahead, so its workers share slots kept in
-    PostgreSQL (:mod:`copydesk.limiters.slots`).
+    Taken right before the provider call and given back as soon as it returns, handed
+    straight to a job already waiting for one. Both engines pick jobs ahead of the limit
+    (``provider_prefetch``) so a freed slot is refilled at once: the embedded engine
+    keeps its slots in this process (:class:`LocalSlots`), PgQueuer's workers share
+    theirs in PostgreSQL (:mod:`copydesk.limiters.slots`).
     """
 
     async def acquire(self, provider: str) -> int:
@@ -177,3 +179,61 @@ class NoSlots:
 
     async def close(self) -> None:
         return None
+
+
+class LocalSlots:
+    """Provider slots of one process: a freed slot goes to the longest waiter, in memory.
+
+    The embedded engine claims up to ``max_concurrency + prefetch`` jobs; this keeps
+    the calls in flight at ``max_concurrency`` while the jobs picked ahead wait, ready
+    to send, for the first slot a returning call frees.
+    """
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self._limits = dict(limits)
+        self._free = {name: list(range(n)) for name, n in limits.items()}
+        self._waiters: dict[str, deque[asyncio.Future[int]]] = {n: deque() for n in limits}
+
+    async def acquire(self, provider: str) -> int:
+        free = self._free.get(provider)
+        if free is None:
+            return -1  # not a configured provider: no bound
+        waiters = self._waiters[provider]
+        if free and not waiters:
+            return free.pop()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(provider, waiter.result())  # handed over as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+            raise
+
+    def release(self, provider: str, slot: int) -> None:
+        waiters = self._waiters.get(provider)
+        if waiters is None or slot < 0:
+            return
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._free[provider].append(slot)
+
+    def in_use(self, provider: str) -> int:
+        """Slots of ``provider`` taken now (tests read it)."""
+        return self._limits.get(provider, 0) - len(self._free.get(provider, []))
+
+    def warm(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for waiters in self._waiters.values():
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("provider slots are closed"))

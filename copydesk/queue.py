@@ -25,6 +25,8 @@ FileRunner = Callable[[str], Coroutine[Any, Any, None]]
 
 class Queue(Protocol):
     name: str
+    #: Set once ``consume`` takes work (its connections are open): the worker is ready.
+    consuming: asyncio.Event
 
     @property
     def enqueue_hook(self) -> EnqueueHook | None:
@@ -94,6 +96,7 @@ class RunningJobs:
     ``Queue.cancel_inflight`` and ``Queue.abort`` report and act on. Engines inherit it."""
 
     def __init__(self) -> None:
+        self.consuming = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
 

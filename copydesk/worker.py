@@ -483,6 +483,15 @@ class Worker:
             await self.executor.close()
             await self._writer.stop()
 
+    async def until_ready(self, running: asyncio.Task[None]) -> None:
+        """Return once this worker takes work (its engine's connections are open), or
+        ``running`` (the task of :meth:`run`) has ended."""
+        ready = asyncio.ensure_future(self._queue.consuming.wait())
+        try:
+            await asyncio.wait({ready, running}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+
     def stop(self) -> None:
         self.stop_event.set()
         self.executor.stopping()

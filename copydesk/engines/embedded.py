@@ -1,9 +1,12 @@
 """The embedded engine: workers claim straight from the jobs table (SQLite or PostgreSQL).
 
-Per provider, a claim loop keeps up to the provider's ``max_concurrency`` jobs in flight
-in this process, claiming fairest-first in batches. With several worker processes on
-PostgreSQL, claims use ``FOR UPDATE SKIP LOCKED``; the concurrency bound is then per
-process (the PgQueuer engine bounds it across processes).
+Per provider, a claim loop keeps up to ``max_concurrency + prefetch`` jobs in this
+process, claiming fairest-first in batches. The provider's slots (:class:`LocalSlots`)
+hold the calls in flight at ``max_concurrency``; the jobs claimed ahead wait, prepared,
+for the slot a returning call frees, so a slot is refilled without a claim's round trip
+to the database. With several worker processes on PostgreSQL, claims use ``FOR UPDATE
+SKIP LOCKED``; the concurrency bound is then per process (the PgQueuer engine bounds it
+across processes).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ class EmbeddedQueue(RunningJobs):
         *,
         lease_s: float,
         poll_interval_s: float = 1.0,
+        prefetch: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self._jobs = jobs
-        self._concurrency = concurrency
+        # Jobs held per provider: its calls in flight plus the ones picked ahead.
+        self._concurrency = {p: n + (prefetch or {}).get(p, 0) for p, n in concurrency.items()}
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
         self._wake: dict[str, asyncio.Event] = {}
@@ -79,6 +84,7 @@ class EmbeddedQueue(RunningJobs):
             asyncio.create_task(self._provider_loop(p, n, run, owner, stop), name=f"claim:{p}")
             for p, n in self._concurrency.items()
         ]
+        self.consuming.set()
         try:
             await stop.wait()
         finally:

@@ -4,13 +4,16 @@
   as the job row (``enqueue_hook``), so a job is never stored without being queued or
   queued without being stored. Retries, releases and reaped jobs get a new entry the
   same way, delayed with ``execute_after``.
-- One entrypoint per provider, ``copydesk.<provider>``, with ``concurrency_limit`` set to
-  the provider's ``max_concurrency`` plus ``Settings.prefetch`` (enforced by PgQueuer in
-  its dequeue SQL across every worker process): the jobs picked ahead are started and
-  wait in the executor for a provider slot (:mod:`copydesk.limiters.slots`, advisory
-  locks), which is what bounds the calls in flight to ``max_concurrency``. A slot is
-  free again the moment a call returns, where PgQueuer would free its seat only after
-  flushing the completion and polling again (0.1-0.25 s per job at saturation).
+- One entrypoint per provider, ``copydesk.<provider>``, each consumed by its own
+  ``QueueManager`` (one connection) whose ``max_concurrent_tasks`` is the provider's
+  ``max_concurrency`` plus ``Settings.prefetch``: each worker picks at most that many
+  of the provider's jobs. The jobs picked are started and wait in the executor for a
+  provider slot (:mod:`copydesk.limiters.slots`, advisory locks shared by every
+  worker), which is what bounds the calls in flight to ``max_concurrency`` across the
+  fleet. A slot is free again the moment a call returns, where PgQueuer would free its
+  seat only after flushing the completion and polling again (0.1-0.25 s per job at
+  saturation). No PgQueuer ``concurrency_limit`` on these entrypoints: its dequeue
+  costs ~95 ms per batch with ~1,000 jobs picked (3 ms without).
 - PgQueuer's heartbeats re-pick the entries of a killed worker after
   ``heartbeat_timeout``; our handler then starts the job only if it is queued or its
   lease has expired (a live duplicate is skipped), and a finished job is skipped.
@@ -96,7 +99,7 @@ class PgQueuerQueue(RunningJobs):
         self._store = store
         self._concurrency = concurrency
         self._settings = settings
-        self._qm: QueueManager | None = None
+        self._managers: list[QueueManager] = []
 
     # --- producer side ---------------------------------------------------------------
 
@@ -174,9 +177,6 @@ class PgQueuerQueue(RunningJobs):
         run_file: FileRunner | None = None,
     ) -> None:
         del owner
-        conn = await asyncpg.connect(dsn_of(self._store.url))
-        qm = QueueManager(Queries(AsyncpgDriver(conn)))
-        self._qm = qm
 
         async def handle(pg_job: PgJob) -> None:
             job_id = (pg_job.payload or b"").decode()
@@ -199,47 +199,86 @@ class PgQueuerQueue(RunningJobs):
             finally:
                 self.untrack(job.id)
 
-        limits = {
-            provider: limit + self._settings.prefetch(limit)
-            for provider, limit in self._concurrency.items()
-        }
-        for provider, limit in limits.items():
-            qm.entrypoint(entrypoint(provider), concurrency_limit=limit)(handle)
-        if run_file is not None:
-            limits["files"] = self._settings.file_concurrency
-            qm.entrypoint(FILES_ENTRYPOINT, concurrency_limit=limits["files"])(
-                _file_handler(run_file)
-            )
+        # One QueueManager per provider, each with a budget of this worker's picks (the
+        # provider's max_concurrency + prefetch; PgQueuer's max_concurrent_tasks). The
+        # calls in flight are bounded across workers by the provider slots, not by a
+        # PgQueuer concurrency_limit: its dequeue with per-entrypoint limits costs
+        # ~95 ms per batch once ~1,000 jobs are picked (3 ms without), which capped a
+        # worker at ~600 picks/s (bench/README.md, "Saturation").
+        managers: list[tuple[QueueManager, int]] = []
+        connections: list[asyncpg.Connection] = []
 
-        total = sum(limits.values())
-        # PgQueuer frees a slot of a limited entrypoint when it flushes completions (every
-        # 0.1 s or batch_size of them); a batch near the largest limit keeps the busiest
-        # provider fed without starving the small ones (their limits hold in SQL).
-        batch = max(1, min(100, max(limits.values(), default=1)))
+        async def manager() -> QueueManager:
+            connections.append(await self._connect())
+            return QueueManager(Queries(AsyncpgDriver(connections[-1])))
+
+        try:
+            for provider, limit in self._concurrency.items():
+                qm = await manager()
+                budget = limit + self._settings.prefetch(limit)
+                # PgQueuer's budget is at least 2 (twice a batch of 1): a budget of 1
+                # (max_concurrency 1, no prefetch) is held by its concurrency_limit
+                # instead, across workers, where the dequeue's cost does not matter.
+                qm.entrypoint(entrypoint(provider), concurrency_limit=1 if budget < 2 else 0)(
+                    handle
+                )
+                managers.append((qm, budget))
+            if run_file is not None:
+                # Files keep PgQueuer's concurrency_limit (file_concurrency across every
+                # worker): few entries, so its dequeue stays cheap.
+                qm = await manager()
+                files_limit = self._settings.file_concurrency
+                qm.entrypoint(FILES_ENTRYPOINT, concurrency_limit=files_limit)(
+                    _file_handler(run_file)
+                )
+                managers.append((qm, files_limit))
+        except BaseException:
+            for conn in connections:
+                await conn.close()
+            raise
+        self._managers = [qm for qm, _ in managers]
+        self.consuming.set()
         lease = self._settings.lease_s
-        runner = asyncio.create_task(
-            qm.run(
-                # Short: a missed NOTIFY then costs a fraction of a second, not seconds.
-                dequeue_timeout=timedelta(seconds=min(0.25, self._settings.poll_interval_s)),
-                batch_size=batch,
-                max_concurrent_tasks=max(total, 2 * batch),
-                heartbeat_timeout=timedelta(seconds=lease),
-            ),
-            name="pgqueuer",
-        )
+        runners = [
+            asyncio.create_task(
+                qm.run(
+                    # Short: a missed NOTIFY then costs a fraction of a second, not seconds.
+                    dequeue_timeout=timedelta(seconds=min(0.25, self._settings.poll_interval_s)),
+                    batch_size=_batch_size(budget),
+                    max_concurrent_tasks=max(budget, 2 * _batch_size(budget)),
+                    heartbeat_timeout=timedelta(seconds=lease),
+                ),
+                name=f"pgqueuer:{index}",
+            )
+            for index, (qm, budget) in enumerate(managers)
+        ]
         try:
             stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*runners, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            qm.shutdown.set()  # stop dequeuing; in-flight handlers run to their end
-            await runner
+            for qm, _ in managers:
+                qm.shutdown.set()  # stop dequeuing; in-flight handlers run to their end
+            await asyncio.gather(*runners)
         finally:
-            if not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await runner
-            await conn.close()
-            self._qm = None
+            for runner in runners:
+                if not runner.done():
+                    runner.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+            for conn in connections:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            self._managers = []
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            dsn_of(self._store.url), server_settings={"application_name": "copydesk-dispatch"}
+        )
+
+
+def _batch_size(budget: int) -> int:
+    """Entries one dequeue takes: up to 100, and at most half the budget (PgQueuer
+    wants ``max_concurrent_tasks >= 2 * batch_size``)."""
+    return max(1, min(100, budget // 2))
 
 
 def _file_handler(run_file: FileRunner) -> Callable[[PgJob], Awaitable[None]]:

@@ -44,8 +44,9 @@ async def test_max_concurrency_holds_across_two_workers(deployments: Any, fake_l
         **fake.provider_env(MAX_CONCURRENCY=limit, TIMEOUT_S=30),
         "COPYDESK_PROVIDER_PREFETCH": "8",
     }
-    # PgQueuer picks up to limit + prefetch (8 here): the provider slots (advisory locks
-    # shared by the two processes) are what must hold the calls in flight to it.
+    # Each worker picks up to limit + prefetch (28 here, 56 for the two): the provider
+    # slots (advisory locks shared by the two processes) are what must hold the calls in
+    # flight to it.
     deployment = deployments("scaleout", env=env, workers=2, start_workers=False)
     inputs = [topic(f"conc-{n:03d}") for n in range(jobs)]
     await submit_jobs(deployment.url, deployment.key, FAKE_AGENT_ID, inputs, 20)

@@ -17,6 +17,7 @@ from copydesk.flow import (
     HELD_S,
     WINDOW_S,
     Limits,
+    LocalSlots,
     MemoryFlowControl,
     Permit,
     window_wait,
@@ -255,3 +256,76 @@ async def test_permits_are_held_a_little_longer_than_the_window_by_default() -> 
     await control.acquire("p", 1)
     await control.acquire("p", 1)
     assert clock.now - 1000.0 == pytest.approx(HELD_S)
+
+
+# --- LocalSlots: provider concurrency in one process ----------------------------------
+
+
+async def test_local_slots_hold_the_limit_and_hand_a_freed_slot_to_the_longest_waiter() -> None:
+    slots = LocalSlots({"p": 2})
+    first, second = await slots.acquire("p"), await slots.acquire("p")
+    assert {first, second} == {0, 1}
+    assert slots.in_use("p") == 2
+    order: list[str] = []
+
+    async def wait(name: str) -> int:
+        slot = await slots.acquire("p")
+        order.append(name)
+        return slot
+
+    waiting = [asyncio.create_task(wait(n)) for n in ("a", "b", "c")]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in waiting), "a third call must wait for a slot"
+    slots.release("p", first)
+    assert await waiting[0] == first  # handed over, not put back
+    assert slots.in_use("p") == 2
+    slots.release("p", second)
+    assert await waiting[1] == second
+    assert order == ["a", "b"]
+    assert not waiting[2].done()
+    slots.release("p", first)
+    third = await waiting[2]
+    assert third == first
+    slots.release("p", second)
+    slots.release("p", third)
+    assert slots.in_use("p") == 0
+
+
+async def test_a_cancelled_waiter_gives_back_a_slot_handed_to_it() -> None:
+    slots = LocalSlots({"p": 1})
+    held = await slots.acquire("p")
+    waiter = asyncio.create_task(slots.acquire("p"))
+    behind = asyncio.create_task(slots.acquire("p"))
+    await asyncio.sleep(0)
+    slots.release("p", held)  # handed to ``waiter``, which is cancelled before it runs
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    # The slot went on to the next waiter instead of being lost.
+    assert await asyncio.wait_for(behind, 1) == held
+    assert slots.in_use("p") == 1
+
+
+async def test_a_waiter_cancelled_before_any_slot_frees_leaves_no_trace() -> None:
+    slots = LocalSlots({"p": 1})
+    held = await slots.acquire("p")
+    waiter = asyncio.create_task(slots.acquire("p"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    slots.release("p", held)
+    assert slots.in_use("p") == 0
+    assert await slots.acquire("p") == held
+
+
+async def test_local_slots_leave_unknown_providers_unbounded_and_fail_waiters_on_close() -> None:
+    slots = LocalSlots({"p": 1})
+    assert [await slots.acquire("other") for _ in range(5)] == [-1] * 5
+    slots.release("other", -1)
+    await slots.acquire("p")
+    waiter = asyncio.create_task(slots.acquire("p"))
+    await asyncio.sleep(0)
+    await slots.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await waiter
