@@ -83,7 +83,13 @@ def copydesk(*args: str, env: dict[str, str], profile: str | None = None) -> Pro
     command = [sys.executable, "-m", "copydesk", *args]
     if profile:
         spy = str(Path(sys.executable).with_name("py-spy"))
-        command = [spy, "record", "--format", "speedscope", "-o", profile, "--", *command]
+        # ``.txt``: raw stacks with native frames (what bench/engines/hotspots.py reads).
+        fmt = (
+            ["--format", "raw", "--native"]
+            if profile.endswith(".txt")
+            else ["--format", "speedscope"]
+        )
+        command = [spy, "record", *fmt, "-o", profile, "--", *command]
     return spawn(command, env)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import tempfile
 import time
 from contextlib import ExitStack
@@ -24,6 +25,8 @@ import httpx
 
 from bench.procs import ROOT, copydesk, cpu_s, fake_llm, fresh_database, rss_mb
 
+#: py-spy writes its profile on SIGINT (and passes it on; copydesk stops on either).
+STOP = signal.SIGINT
 AGENT = "6f1c2a9e-3b7d-4c52-9a0e-5d8f1b2c3a41"
 INPUTS = [
     {"id": "product_names", "value": ["Orbit trail shoe"]},
@@ -117,13 +120,13 @@ def run_one(
         if deployment == "embedded":
             api.stop()  # the embedded default runs its workers inside `serve`
             api = copydesk("serve", "--port", "0", "--agents", agents, env=env, profile=profile)
-            stack.callback(api.stop)
+            stack.callback(api.stop, STOP)
             base_url = api.wait_for("COPYDESK_LISTENING ")
             started, started_at = time.perf_counter(), time.time()
             worker_pid = _python_pid(api.popen.pid)
         else:
             worker = copydesk("worker", env=env, profile=profile)
-            stack.callback(worker.stop)
+            stack.callback(worker.stop, STOP)
             worker.wait_for("COPYDESK_WORKER ")
             started, started_at = time.perf_counter(), time.time()
             worker_pid = _python_pid(worker.popen.pid)
@@ -178,7 +181,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--deployments", default="embedded,postgres")
     parser.add_argument(
-        "--profile", help="py-spy the worker into bench/results/<name>-<deployment>.json"
+        "--profile",
+        help="py-spy the worker (raw stacks, native frames) into "
+        "bench/results/<name>-<deployment>.txt and print its hot spots",
     )
     parser.add_argument(
         "--submit",
@@ -193,7 +198,7 @@ def main() -> None:
             args.jobs,
             args.concurrency,
             args.latency,
-            str(ROOT / "bench" / "results" / f"{args.profile}-{d}.json") if args.profile else None,
+            str(ROOT / "bench" / "results" / f"{args.profile}-{d}.txt") if args.profile else None,
             args.submit,
         )
         for d in args.deployments.split(",")
@@ -206,6 +211,14 @@ def main() -> None:
             f"  {row['deployment']}: provider calls started per second: "
             f"{row['arrivals_per_second']}"
         )
+    if args.profile:
+        from bench.engines.hotspots import summarise
+
+        for d in args.deployments.split(","):
+            path = ROOT / "bench" / "results" / f"{args.profile}-{d}.txt"
+            if path.exists():
+                print(f"\n{d}: hot spots ({path.relative_to(ROOT)})")
+                print(summarise(path))
     out = ROOT / "bench" / "results" / f"saturation-{args.jobs}x{args.concurrency}.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")

@@ -174,8 +174,9 @@ class Settings(BaseSettings):
         description="jobs per provider a worker picks ahead of its max_concurrency; they "
         "wait, started and ready to send, for a provider slot, so a slot freed by a "
         "returning call is refilled at once instead of after a trip to the queue. Unset: "
-        "half of max_concurrency (rounded down). The price: up to this many jobs per "
-        "worker are taken before a later, higher-priority one, and a job cancelled while "
+        "as many as max_concurrency (a whole wave of calls can be refilled). The price: "
+        "up to this many jobs per worker are taken before a later, higher-priority one, "
+        "and a job cancelled while "
         "it waits ends with a cancelled attempt (no provider call). 0 keeps priorities "
         "exact",
     )
@@ -258,9 +259,9 @@ class Settings(BaseSettings):
 
     def prefetch(self, max_concurrency: int) -> int:
         """Jobs a worker picks ahead of a provider's ``max_concurrency``: the setting,
-        never more than the limit itself; half the limit when unset."""
+        never more than the limit itself; the limit when unset."""
         if self.provider_prefetch is None:
-            return max_concurrency // 2
+            return max_concurrency
         return min(self.provider_prefetch, max_concurrency)
 
     @property

@@ -12,8 +12,8 @@ The connection is only used when this process needs more slots or has some to sp
   slot over in memory (no query: a saturated worker costs no query per job);
 - waiters beyond the slots held are served by one query taking up to that many free
   slots, ``pg_try_advisory_lock`` in a ``WHERE`` under a ``LIMIT`` (only the rows returned
-  are evaluated, so only they are locked); while some are still short and other
-  processes hold the rest, the query is repeated every ``retry_s``;
+  are evaluated, so only they are locked); when it returns fewer than asked (other
+  processes hold the rest), it is repeated every ``retry_s`` while some still wait;
 - slots nobody here waits for are unlocked at once, in one query.
 
 If the connection is lost, the slots in use are locked again on the new one; one another
@@ -204,8 +204,10 @@ class PostgresSlots:
                 pool.held.update(got)
                 for slot in got:
                     self.release(name, slot)
-            if any(not w.done() for w in pool.waiters) and len(pool.held) < pool.limit:
-                short = True
+                # Fewer than asked: other processes hold the rest; ask again after a
+                # pause. (Waiters that came during the query woke the loop already.)
+                if len(got) < want:
+                    short = True
         return short
 
     async def _connection(self) -> asyncpg.Connection:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
@@ -17,16 +17,19 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    any_,
     bindparam,
     case,
     delete,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -548,6 +551,14 @@ class _SQLPart:
     def dialect(self) -> str:
         return self._store.engine.dialect.name
 
+    def _among(self, column: Any, values: Iterable[Any]) -> Any:
+        """``column`` is one of ``values``. PostgreSQL: ``= ANY($1)`` with one array
+        parameter, so the statement's text (and asyncpg's prepared statement) is the
+        same whatever the number of values; SQLite: an expanding ``IN``."""
+        if self.dialect == "postgresql":
+            return column == any_(literal(list(values), ARRAY(column.type)))
+        return column.in_(list(values))
+
     def _tx(self) -> Any:
         return self._store._tx()
 
@@ -719,7 +730,7 @@ class SQLJobStore(_SQLPart):
                 jobs.c.seq, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at
             )
             .where(
-                jobs.c.id.in_(job_ids),
+                self._among(jobs.c.id, job_ids),
                 (jobs.c.status == "queued")
                 | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now)),
             )
@@ -734,7 +745,7 @@ class SQLJobStore(_SQLPart):
             rows = (
                 await conn.execute(
                     update(jobs)
-                    .where(jobs.c.seq.in_([b.seq for b in before]))
+                    .where(self._among(jobs.c.seq, [b.seq for b in before]))
                     .values(**self._running(owner, lease_s, now))
                     .returning(*jobs.c)
                 )
@@ -772,7 +783,7 @@ class SQLJobStore(_SQLPart):
             return 0
         now = utcnow()
         mine = select(jobs.c.seq).where(
-            jobs.c.id.in_(job_ids),
+            self._among(jobs.c.id, job_ids),
             jobs.c.lease_owner == owner,
             jobs.c.status == "running",
         )
@@ -1003,7 +1014,7 @@ class SQLJobStore(_SQLPart):
                     # Webhooks: whether the job's organisation has any endpoint (indexed).
                     has_endpoints(jobs.c.org_id).label("hooked"),
                 )
-                .where(jobs.c.id.in_({o.job_id for o in outcomes}))
+                .where(self._among(jobs.c.id, {o.job_id for o in outcomes}))
                 .order_by(jobs.c.seq)
             )
             if self.dialect == "postgresql":
@@ -1174,7 +1185,9 @@ class SQLJobStore(_SQLPart):
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status == "cancelled")
+                    select(jobs.c.id).where(
+                        self._among(jobs.c.id, job_ids), jobs.c.status == "cancelled"
+                    )
                 )
             ).all()
         return [r.id for r in rows]

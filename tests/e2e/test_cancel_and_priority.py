@@ -49,6 +49,8 @@ async def test_cancel_aborts_the_provider_call_and_never_starts_a_queued_job(
     env = {
         **fake.provider_env(MAX_CONCURRENCY=1, TIMEOUT_S=120),
         "COPYDESK_POLL_INTERVAL_S": "0.2",
+        # No job picked ahead: the second job stays queued while the only slot is busy.
+        "COPYDESK_PROVIDER_PREFETCH": "0",
     }
     deployment = deployments(kind, env=env, workers=1)
     sdk = deployment.server.client()

@@ -562,7 +562,8 @@ async def test_a_job_cancelled_by_another_process_is_aborted_by_its_worker(
                 "max_concurrency": 1,
                 "timeout_s": 60,
             }
-        }
+        },
+        provider_prefetch=0,  # the second job stays queued while the only slot is busy
     )
     worker = worker_app.worker()
 
