@@ -157,6 +157,8 @@ class PgQueuerQueue(RunningJobs):
         try:
             if await install_schema(conn):
                 log.info("installed PgQueuer's schema")
+            # Checked once here; each consuming manager skips it (_Manager).
+            await QueueManager(Queries(AsyncpgDriver(conn))).verify_structure()
         finally:
             await conn.close()
 
@@ -210,7 +212,7 @@ class PgQueuerQueue(RunningJobs):
 
         async def manager() -> QueueManager:
             connections.append(await self._connect())
-            return QueueManager(Queries(AsyncpgDriver(connections[-1])))
+            return _Manager(Queries(AsyncpgDriver(connections[-1])))
 
         try:
             for provider, limit in self._concurrency.items():
@@ -273,6 +275,15 @@ class PgQueuerQueue(RunningJobs):
         return await asyncpg.connect(
             dsn_of(self._store.url), server_settings={"application_name": "copydesk-dispatch"}
         )
+
+
+class _Manager(QueueManager):
+    """A ``QueueManager`` that starts without PgQueuer's schema checks (some 15 catalog
+    queries, one after another, before its first dequeue): :meth:`PgQueuerQueue.open`
+    installed, upgraded and checked the schema once for the process."""
+
+    async def verify_structure(self) -> None:
+        return None
 
 
 def _batch_size(budget: int) -> int:
