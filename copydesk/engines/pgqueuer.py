@@ -99,7 +99,6 @@ class PgQueuerQueue(RunningJobs):
         self._store = store
         self._concurrency = concurrency
         self._settings = settings
-        self._managers: list[QueueManager] = []
 
     # --- producer side ---------------------------------------------------------------
 
@@ -238,7 +237,6 @@ class PgQueuerQueue(RunningJobs):
             for conn in connections:
                 await conn.close()
             raise
-        self._managers = [qm for qm, _ in managers]
         self.consuming.set()
         lease = self._settings.lease_s
         runners = [
@@ -269,7 +267,6 @@ class PgQueuerQueue(RunningJobs):
             for conn in connections:
                 with contextlib.suppress(Exception):
                     await conn.close()
-            self._managers = []
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
