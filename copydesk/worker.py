@@ -184,7 +184,10 @@ class JobStarter(Batcher[str, "Job | None"]):
             # The same id twice in one batch (two queue entries) runs once.
             return [started.pop(job_id, None) for job_id in job_ids]
 
-        super().__init__("job-starter", flush)
+        # At most 100 per transaction: building the rows of 500 started jobs held the
+        # event loop long enough to delay the calls returning meanwhile (saturation at
+        # 1,000 x 1 s on PostgreSQL: 1.071-1.094 -> 1.058-1.065 of the ideal time).
+        super().__init__("job-starter", flush, max_batch=100)
 
 
 @dataclass(frozen=True)
