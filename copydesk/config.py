@@ -176,9 +176,8 @@ class Settings(BaseSettings):
         "returning call is refilled at once instead of after a trip to the queue. Unset: "
         "as many as max_concurrency (a whole wave of calls can be refilled). The price: "
         "up to this many jobs per worker are taken before a later, higher-priority one, "
-        "and a job cancelled while "
-        "it waits ends with a cancelled attempt (no provider call). 0 keeps priorities "
-        "exact",
+        "and a job cancelled while it waits ends with a cancelled attempt (no provider "
+        "call). 0 keeps priorities exact",
     )
     file_concurrency: int = Field(
         default=2, ge=1, description="pgqueuer: uploaded files processed at once, all workers"

@@ -181,6 +181,48 @@ class NoSlots:
         return None
 
 
+class SlotWaiters:
+    """Jobs waiting for a provider slot, longest first: what both ``Slots`` adapters hand
+    a returning call's slot to."""
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[int]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def wait(self, give_back: Callable[[int], None]) -> int:
+        """Wait to be handed a slot. Cancelled after one was handed over (but before
+        this waiter ran), the slot goes to ``give_back`` instead of being lost."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                give_back(waiter.result())
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
+            raise
+
+    def hand_over(self, slot: int) -> bool:
+        """Give ``slot`` to the longest waiter still waiting; False when none is."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return True
+        return False
+
+    def fail(self, exc: BaseException) -> None:
+        """End every wait with ``exc`` (the slots are closing)."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+
 class LocalSlots:
     """Provider slots of one process: a freed slot goes to the longest waiter, in memory.
 
@@ -192,7 +234,7 @@ class LocalSlots:
     def __init__(self, limits: dict[str, int]) -> None:
         self._limits = dict(limits)
         self._free = {name: list(range(n)) for name, n in limits.items()}
-        self._waiters: dict[str, deque[asyncio.Future[int]]] = {n: deque() for n in limits}
+        self._waiters = {name: SlotWaiters() for name in limits}
 
     async def acquire(self, provider: str) -> int:
         free = self._free.get(provider)
@@ -201,28 +243,14 @@ class LocalSlots:
         waiters = self._waiters[provider]
         if free and not waiters:
             return free.pop()
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(provider, waiter.result())  # handed over as we were cancelled
-            else:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
-            raise
+        return await waiters.wait(lambda slot: self.release(provider, slot))
 
     def release(self, provider: str, slot: int) -> None:
         waiters = self._waiters.get(provider)
         if waiters is None or slot < 0:
             return
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
-        self._free[provider].append(slot)
+        if not waiters.hand_over(slot):
+            self._free[provider].append(slot)
 
     def in_use(self, provider: str) -> int:
         """Slots of ``provider`` taken now (tests read it)."""
@@ -233,7 +261,4 @@ class LocalSlots:
 
     async def close(self) -> None:
         for waiters in self._waiters.values():
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError("provider slots are closed"))
+            waiters.fail(RuntimeError("provider slots are closed"))

@@ -39,7 +39,7 @@ class EmbeddedQueue(RunningJobs):
         super().__init__()
         self._jobs = jobs
         # Jobs held per provider: its calls in flight plus the ones picked ahead.
-        self._concurrency = {p: n + (prefetch or {}).get(p, 0) for p, n in concurrency.items()}
+        self._capacity = {p: n + (prefetch or {}).get(p, 0) for p, n in concurrency.items()}
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
         self._wake: dict[str, asyncio.Event] = {}
@@ -82,7 +82,7 @@ class EmbeddedQueue(RunningJobs):
         del run_file  # files are claimed by the worker's own loop
         loops = [
             asyncio.create_task(self._provider_loop(p, n, run, owner, stop), name=f"claim:{p}")
-            for p, n in self._concurrency.items()
+            for p, n in self._capacity.items()
         ]
         self.consuming.set()
         try:

@@ -27,10 +27,11 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
 
 import asyncpg
+
+from copydesk.flow import SlotWaiters
 
 log = logging.getLogger("copydesk.limiters.slots")
 
@@ -59,7 +60,7 @@ class _Pool:
     #: Locked on our connection: in use here, or free.
     held: set[int] = field(default_factory=set)
     free: list[int] = field(default_factory=list)
-    waiters: deque[asyncio.Future[int]] = field(default_factory=deque)
+    waiters: SlotWaiters = field(default_factory=SlotWaiters)
     #: In use, but no longer locked (the connection was lost and another took it).
     lost: set[int] = field(default_factory=set)
 
@@ -94,18 +95,8 @@ class PostgresSlots:
             raise RuntimeError("provider slots are closed")
         if pool.free:
             return pool.free.pop()
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        pool.waiters.append(waiter)
-        self._kick()
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(provider, waiter.result())  # handed over as we were cancelled
-            else:
-                with contextlib.suppress(ValueError):
-                    pool.waiters.remove(waiter)
-            raise
+        self._kick()  # runs once this waits: the waiter is queued by then
+        return await pool.waiters.wait(lambda slot: self.release(provider, slot))
 
     def release(self, provider: str, slot: int) -> None:
         pool = self._pools.get(provider)
@@ -116,11 +107,8 @@ class PostgresSlots:
             pool.held.discard(slot)
             self._kick()
             return
-        while pool.waiters:
-            waiter = pool.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)  # local hand-over: no query
-                return
+        if pool.waiters.hand_over(slot):
+            return  # local hand-over: no query
         pool.free.append(slot)
         self._kick()
 
@@ -135,10 +123,7 @@ class PostgresSlots:
                 await self._task
             self._task = None
         for pool in self._pools.values():
-            while pool.waiters:
-                waiter = pool.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError("provider slots are closed"))
+            pool.waiters.fail(RuntimeError("provider slots are closed"))
             pool.held.clear()
             pool.free.clear()
         if self._conn is not None:

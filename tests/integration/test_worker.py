@@ -66,6 +66,19 @@ async def fake() -> AsyncIterator[FakeLLMServer]:
         yield server
 
 
+def fake_provider(
+    fake: FakeLLMServer, *, max_concurrency: int, timeout_s: float = 20
+) -> dict[str, Any]:
+    """An ``openai`` provider's settings pointing at the fake LLM server."""
+    return {
+        "kind": "openai",
+        "base_url": fake.base_url,
+        "model": "fake-model",
+        "max_concurrency": max_concurrency,
+        "timeout_s": timeout_s,
+    }
+
+
 @pytest.fixture
 async def make_app(database_url: str, fake: FakeLLMServer) -> AsyncIterator[MakeApp]:
     """Opened ``App``s on the test database (each one a process); closed at the end."""
@@ -77,13 +90,7 @@ async def make_app(database_url: str, fake: FakeLLMServer) -> AsyncIterator[Make
             "engine": "embedded",
             "providers": {
                 "local": {"kind": "deterministic", "max_concurrency": 8},
-                "fake": {
-                    "kind": "openai",
-                    "base_url": fake.base_url,
-                    "model": "fake-model",
-                    "max_concurrency": 8,
-                    "timeout_s": 20,
-                },
+                "fake": fake_provider(fake, max_concurrency=8),
             },
             "lease_s": 1.0,
             "max_attempts": 3,
@@ -373,14 +380,11 @@ async def test_stop_without_grace_releases_in_flight_jobs_to_another_worker(
 async def test_jobs_picked_ahead_wait_for_a_slot_and_a_stop_gives_them_back_unused(
     make_app: MakeApp, fake: FakeLLMServer
 ) -> None:
-    provider = {
-        "kind": "openai",
-        "base_url": fake.base_url,
-        "model": "fake-model",
-        "max_concurrency": 2,
-        "timeout_s": 20,
-    }
-    app = await make_app(providers={"fake": provider}, provider_prefetch=2, shutdown_grace_s=0.0)
+    app = await make_app(
+        providers={"fake": fake_provider(fake, max_concurrency=2)},
+        provider_prefetch=2,
+        shutdown_grace_s=0.0,
+    )
     org, agent_id = await deploy(app, "fake")
     fake.configure(latency_s=5.0)
     submitted = await submit(app, org, agent_id, *(f"loaf-{i}" for i in range(6)))
@@ -427,16 +431,9 @@ async def test_each_pgqueuer_worker_picks_at_most_its_limit_plus_prefetch(
 ) -> None:
     # PgQueuer's budget per worker (max_concurrent_tasks), not its concurrency_limit,
     # bounds the picks; the provider slots (advisory locks) bound the calls.
-    provider = {
-        "kind": "openai",
-        "base_url": fake.base_url,
-        "model": "fake-model",
-        "max_concurrency": 2,
-        "timeout_s": 20,
-    }
     settings: dict[str, Any] = {
         "engine": "pgqueuer",
-        "providers": {"fake": provider},
+        "providers": {"fake": fake_provider(fake, max_concurrency=2)},
         "provider_prefetch": 1,
         "shutdown_grace_s": 0.0,
     }
@@ -554,15 +551,7 @@ async def test_a_job_cancelled_by_another_process_is_aborted_by_its_worker(
     fake.configure(latency_s=30.0)
     job, queued = await submit(api, org, agent_id, "rye", "spelt")
     worker_app = await make_app(
-        providers={
-            "fake": {
-                "kind": "openai",
-                "base_url": fake.base_url,
-                "model": "fake-model",
-                "max_concurrency": 1,
-                "timeout_s": 60,
-            }
-        },
+        providers={"fake": fake_provider(fake, max_concurrency=1, timeout_s=60)},
         provider_prefetch=0,  # the second job stays queued while the only slot is busy
     )
     worker = worker_app.worker()
