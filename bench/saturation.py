@@ -168,6 +168,19 @@ def run_one(
         "server_peak_in_flight": stats["peak_in_flight"],
         "worker_cpu_s": round(cpu, 2),
         "worker_peak_rss_mb": round(peak_rss, 1),
+        # How late each wave's last call left, against the first call plus k x latency
+        # (ms): wave k is the calls k*C .. k*C+C-1 in arrival order.
+        "wave_lag_ms": [
+            round(
+                (
+                    arrivals[min(k * concurrency + concurrency, len(arrivals)) - 1]
+                    - arrivals[0]
+                    - k * latency
+                )
+                * 1000
+            )
+            for k in range(-(-len(arrivals) // concurrency))
+        ],
         "arrivals_per_second": [
             per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)
         ],
@@ -203,13 +216,17 @@ def main() -> None:
         )
         for d in args.deployments.split(",")
     ]
-    columns = [c for c in rows[0] if c != "arrivals_per_second"]
+    columns = [c for c in rows[0] if c not in ("arrivals_per_second", "wave_lag_ms")]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
         print(
             f"  {row['deployment']}: provider calls started per second: "
             f"{row['arrivals_per_second']}"
+        )
+        print(
+            f"  {row['deployment']}: each wave's last call, ms after first call + k x latency: "
+            f"{row['wave_lag_ms']}"
         )
     if args.profile:
         from bench.engines.hotspots import summarise
