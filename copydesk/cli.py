@@ -110,6 +110,19 @@ def run(settings: Settings, body: Callable[[App], Awaitable[T]]) -> T:
         return asyncio.run(main())
 
 
+async def open_default_provider(app: App) -> None:
+    """Open the default provider before taking work rather than on the first job or
+    request: its clients are built (or its model loaded: llama.cpp holds the GIL while
+    it loads, which would stall every request and call meanwhile)."""
+    started = time.perf_counter()
+    provider = await app.providers.get(None)
+    out.print(
+        f"provider {app.settings.default_provider!r} ({type(provider).__name__}) ready in "
+        f"{time.perf_counter() - started:.1f}s",
+        highlight=False,
+    )
+
+
 @contextmanager
 def exit_codes() -> Iterator[None]:
     """Our errors become a message on stderr and an exit code, not a traceback."""
@@ -163,15 +176,7 @@ def serve(
                 for d in deployed:
                     state = "deployed" if d.changed else "unchanged"
                     out.print(f"agent {d.agent.id} {d.agent.name!r} v{d.agent.version} ({state})")
-            # Load the default model now rather than on the first request (llama.cpp holds
-            # the GIL while it loads, which would stall that request and every other).
-            started = time.perf_counter()
-            provider = await app.providers.get(None)
-            out.print(
-                f"provider {settings.default_provider!r} ({type(provider).__name__}) ready in "
-                f"{time.perf_counter() - started:.1f}s",
-                highlight=False,
-            )
+            await open_default_provider(app)
             api = create_api(app, manage_lifecycle=False, run_workers=workers)
             config = uvicorn.Config(
                 api,
@@ -217,6 +222,7 @@ def worker() -> None:
 
     async def main() -> None:
         async with App(settings) as app:
+            await open_default_provider(app)
             w = app.worker()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

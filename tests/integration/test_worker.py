@@ -15,7 +15,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -23,6 +25,7 @@ from sqlalchemy.pool import NullPool
 from copydesk.agents import parse_agent
 from copydesk.app import App
 from copydesk.config import Settings
+from copydesk.engines.pgqueuer import _warm_dequeue, dsn_of
 from copydesk.store import Attempt, Job, Organization
 from copydesk.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 from copydesk.worker import Worker
@@ -462,6 +465,26 @@ async def test_each_pgqueuer_worker_picks_at_most_its_limit_plus_prefetch(
     for worker in workers:
         worker.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
+
+
+@pytest.mark.parametrize("db_kind", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_the_pgqueuer_warm_up_dequeue_takes_nothing(make_app: MakeApp, db_kind: str) -> None:
+    # A worker runs each connection's dequeue once before it says it takes work (the
+    # first one is ~30 ms slower); it asks for an entrypoint nobody enqueues.
+    app = await make_app(engine="pgqueuer")
+    org, agent_id = await deploy(app, "local")
+    submitted = await submit(app, org, agent_id, "rye", "spelt")
+    conn = await asyncpg.connect(dsn_of(app.store.url))
+    try:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        assert await _warm_dequeue(qm, budget=4, lease_s=30.0) == []
+        rows = await conn.fetch("SELECT entrypoint, status::text FROM pgqueuer")
+        assert [(r[0], r[1]) for r in rows] == [("copydesk.local", "queued")] * 2
+    finally:
+        await conn.close()
+    async with running(app.worker()):
+        done = await settled(app, submitted)
+    assert [j.status for j in done] == ["completed"] * 2
 
 
 async def test_a_dead_workers_job_is_reaped_and_run(make_app: MakeApp) -> None:
