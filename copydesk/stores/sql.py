@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     Select,
     Table,
     and_,
@@ -136,8 +137,10 @@ async def count_and_page(
     return rows, total
 
 
-#: The attempt-record upserts by (dialect, keep_applied).
-_UPSERTS: dict[tuple[str, bool], Any] = {}
+#: Statements of the worker's hot paths, built once per (dialect, name) with bound
+#: parameters: building them per call cost CPU and left cyclic garbage (bind parameters,
+#: array types, subqueries) that made the collector's young passes 25-125 ms long.
+_PREBUILT: dict[tuple[str, str], Any] = {}
 
 
 def new_id() -> str:
@@ -559,6 +562,20 @@ class _SQLPart:
             return column == any_(literal(list(values), ARRAY(column.type)))
         return column.in_(list(values))
 
+    def _among_param(self, column: Any, name: str) -> Any:
+        """:meth:`_among` with the values bound at execution as parameter ``name`` (a list)."""
+        if self.dialect == "postgresql":
+            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+        return column.in_(bindparam(name, expanding=True))
+
+    def _prebuilt(self, name: str, build: Callable[[], Any]) -> Any:
+        """The statement ``build`` makes, built once per dialect and reused."""
+        key = (self.dialect, name)
+        stmt = _PREBUILT.get(key)
+        if stmt is None:
+            stmt = _PREBUILT[key] = build()
+        return stmt
+
     def _tx(self) -> Any:
         return self._store._tx()
 
@@ -665,15 +682,10 @@ class SQLJobStore(_SQLPart):
             ).all()
         return _attempts(rows)
 
-    def _running(self, owner: str, lease_s: float, now: datetime) -> dict[str, Any]:
-        return {
-            "status": "running",
-            "lease_owner": owner,
-            "lease_expires_at": now + timedelta(seconds=lease_s),
-            "attempts": jobs.c.attempts + 1,
-            "started_at": now,
-            "updated_at": now,
-        }
+    @staticmethod
+    def _running_params(owner: str, lease_s: float, now: datetime) -> dict[str, Any]:
+        """The parameters of :data:`_RUNNING` (prebuilt statements)."""
+        return {"p_owner": owner, "p_expires": now + timedelta(seconds=lease_s), "p_now": now}
 
     def _picked(self, pick: Select[Any]) -> Any:
         """The rows ``pick`` chooses, for ``seq IN (...)`` in an UPDATE that takes them.
@@ -691,27 +703,35 @@ class SQLJobStore(_SQLPart):
         if limit <= 0:
             return []
         now = utcnow()
-        pick = (
-            select(jobs.c.seq)
-            .where(
-                jobs.c.provider == provider,
-                jobs.c.status == "queued",
-                jobs.c.available_at <= now,
-            )
-            .order_by(jobs.c.priority.desc(), jobs.c.fair_rank, jobs.c.seq)
-            .limit(limit)
-        )
-        stmt = (
-            update(jobs)
-            .where(jobs.c.seq.in_(self._picked(pick)), jobs.c.status == "queued")
-            .values(**self._running(owner, lease_s, now))
-            .returning(*jobs.c)
-        )
+        stmt = self._prebuilt("claim", self._build_claim)
+        params = {
+            "p_provider": provider,
+            "p_limit": limit,
+            **self._running_params(owner, lease_s, now),
+        }
         async with self._tx() as conn:
-            rows = (await conn.execute(stmt)).all()
+            rows = (await conn.execute(stmt, params)).all()
         claimed = [_job(r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.created_at))
         return claimed
+
+    def _build_claim(self) -> Any:
+        pick = (
+            select(jobs.c.seq)
+            .where(
+                jobs.c.provider == bindparam("p_provider"),
+                jobs.c.status == "queued",
+                jobs.c.available_at <= bindparam("p_now"),
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.fair_rank, jobs.c.seq)
+            .limit(bindparam("p_limit", type_=Integer))
+        )
+        return (
+            update(jobs)
+            .where(jobs.c.seq.in_(self._picked(pick)), jobs.c.status == "queued")
+            .values(**_RUNNING)
+            .returning(*jobs.c)
+        )
 
     async def start_job(self, job_id: str, owner: str, lease_s: float) -> Job | None:
         started = await self.start_jobs([job_id], owner, lease_s)
@@ -725,31 +745,16 @@ class SQLJobStore(_SQLPart):
         if not job_ids:
             return []
         now = utcnow()
-        pick = (
-            select(
-                jobs.c.seq, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at
-            )
-            .where(
-                self._among(jobs.c.id, job_ids),
-                (jobs.c.status == "queued")
-                | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < now)),
-            )
-            .order_by(jobs.c.seq)
-        )
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
+        pick, take = self._prebuilt("start", self._build_start)
         async with self._tx() as conn:
-            before = (await conn.execute(pick)).all()
+            before = (await conn.execute(pick, {"p_ids": job_ids, "p_now": now})).all()
             if not before:
                 return []
-            rows = (
-                await conn.execute(
-                    update(jobs)
-                    .where(self._among(jobs.c.seq, [b.seq for b in before]))
-                    .values(**self._running(owner, lease_s, now))
-                    .returning(*jobs.c)
-                )
-            ).all()
+            params = {
+                "p_seqs": [b.seq for b in before],
+                **self._running_params(owner, lease_s, now),
+            }
+            rows = (await conn.execute(take, params)).all()
             lost = [
                 {
                     "job_seq": b.seq,
@@ -778,30 +783,58 @@ class SQLJobStore(_SQLPart):
         order = {job_id: index for index, job_id in enumerate(job_ids)}
         return sorted((_job(r) for r in rows), key=lambda job: order[job.id])
 
+    def _build_start(self) -> tuple[Any, Any]:
+        pick = (
+            select(
+                jobs.c.seq, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at
+            )
+            .where(
+                self._among_param(jobs.c.id, "p_ids"),
+                (jobs.c.status == "queued")
+                | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < bindparam("p_now"))),
+            )
+            .order_by(jobs.c.seq)
+        )
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        take = (
+            update(jobs)
+            .where(self._among_param(jobs.c.seq, "p_seqs"))
+            .values(**_RUNNING)
+            .returning(*jobs.c)
+        )
+        return pick, take
+
     async def renew_leases(self, owner: str, job_ids: list[str], lease_s: float) -> int:
         if not job_ids:
             return 0
-        now = utcnow()
-        mine = select(jobs.c.seq).where(
-            self._among(jobs.c.id, job_ids),
-            jobs.c.lease_owner == owner,
-            jobs.c.status == "running",
-        )
+        expires = utcnow() + timedelta(seconds=lease_s)
+        stmt = self._prebuilt("renew", self._build_renew)
         async with self._tx() as conn:
             result = await conn.execute(
-                update(jobs)
-                .where(
-                    # SKIP LOCKED (PostgreSQL): never wait for a row another transaction
-                    # holds. A multi-row UPDATE that waits deadlocks with the outcome
-                    # writer's batch, which locks the same rows in another order; a
-                    # skipped row is being finished, or is renewed on the next round.
-                    jobs.c.seq.in_(self._picked(mine)),
-                    jobs.c.lease_owner == owner,
-                    jobs.c.status == "running",
-                )
-                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+                stmt, {"p_ids": job_ids, "p_owner": owner, "p_expires": expires}
             )
         return int(result.rowcount)
+
+    def _build_renew(self) -> Any:
+        mine = select(jobs.c.seq).where(
+            self._among_param(jobs.c.id, "p_ids"),
+            jobs.c.lease_owner == bindparam("p_owner"),
+            jobs.c.status == "running",
+        )
+        return (
+            update(jobs)
+            .where(
+                # SKIP LOCKED (PostgreSQL): never wait for a row another transaction
+                # holds. A multi-row UPDATE that waits deadlocks with the outcome
+                # writer's batch, which locks the same rows in another order; a
+                # skipped row is being finished, or is renewed on the next round.
+                jobs.c.seq.in_(self._picked(mine)),
+                jobs.c.lease_owner == bindparam("p_owner"),
+                jobs.c.status == "running",
+            )
+            .values(lease_expires_at=bindparam("p_expires"))
+        )
 
     async def unstart_jobs(
         self, owner: str, job_ids: list[str], enqueue: EnqueueHook | None = None
@@ -1002,24 +1035,10 @@ class SQLJobStore(_SQLPart):
         """
         if not outcomes:
             return []
+        pick = self._prebuilt("finish-pick", self._build_finish_pick)
         async with self._tx() as conn:
-            pick = (
-                select(
-                    jobs.c.seq,
-                    jobs.c.id,
-                    jobs.c.status,
-                    jobs.c.lease_owner,
-                    jobs.c.attempts,
-                    jobs.c.batch_id,
-                    # Webhooks: whether the job's organisation has any endpoint (indexed).
-                    has_endpoints(jobs.c.org_id).label("hooked"),
-                )
-                .where(self._among(jobs.c.id, {o.job_id for o in outcomes}))
-                .order_by(jobs.c.seq)
-            )
-            if self.dialect == "postgresql":
-                pick = pick.with_for_update(of=jobs)
-            picked = (await conn.execute(pick)).all()
+            ids = list({o.job_id: None for o in outcomes})
+            picked = (await conn.execute(pick, {"p_ids": ids})).all()
             state = {r.id: [r.seq, r.status, r.lease_owner, r.attempts] for r in picked}
             hooked = {r.seq for r in picked if r.hooked}
             # Batch jobs among them: the batches whose last job this may end.
@@ -1073,15 +1092,33 @@ class SQLJobStore(_SQLPart):
                 await complete_batches(conn, ended_batches)
         return applied
 
+    def _build_finish_pick(self) -> Any:
+        pick = (
+            select(
+                jobs.c.seq,
+                jobs.c.id,
+                jobs.c.status,
+                jobs.c.lease_owner,
+                jobs.c.attempts,
+                jobs.c.batch_id,
+                # Webhooks: whether the job's organisation has any endpoint (indexed).
+                has_endpoints(jobs.c.org_id).label("hooked"),
+            )
+            .where(self._among_param(jobs.c.id, "p_ids"))
+            .order_by(jobs.c.seq)
+        )
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(of=jobs)
+        return pick
+
     def _attempts_upsert(self, *, keep_applied: bool) -> Any:
         """INSERT of attempt records that replaces an earlier record of the same attempt,
         except that a dropped duplicate never overwrites an outcome that took effect.
         Built once per dialect (every outcome batch uses it)."""
-        key = (self.dialect, keep_applied)
-        stmt = _UPSERTS.get(key)
-        if stmt is None:
-            stmt = _UPSERTS[key] = self._build_attempts_upsert(keep_applied=keep_applied)
-        return stmt
+        return self._prebuilt(
+            f"attempts-upsert-{keep_applied}",
+            lambda: self._build_attempts_upsert(keep_applied=keep_applied),
+        )
 
     def _build_attempts_upsert(self, *, keep_applied: bool) -> Any:
         dialect_insert: Any = pg_insert if self.dialect == "postgresql" else sqlite_insert
@@ -1182,14 +1219,14 @@ class SQLJobStore(_SQLPart):
     async def cancelled_among(self, job_ids: list[str]) -> list[str]:
         if not job_ids:
             return []
+        stmt = self._prebuilt(
+            "cancelled-among",
+            lambda: select(jobs.c.id).where(
+                self._among_param(jobs.c.id, "p_ids"), jobs.c.status == "cancelled"
+            ),
+        )
         async with self._read() as conn:
-            rows = (
-                await conn.execute(
-                    select(jobs.c.id).where(
-                        self._among(jobs.c.id, job_ids), jobs.c.status == "cancelled"
-                    )
-                )
-            ).all()
+            rows = (await conn.execute(stmt, {"p_ids": list(job_ids)})).all()
         return [r.id for r in rows]
 
 
@@ -1403,6 +1440,15 @@ _WORKER_LOST = (
     "it was not retried again"
 )
 _RELEASE_LEASE = {"lease_owner": None, "lease_expires_at": None}
+#: A job taken to run (prebuilt statements; parameters from ``_running_params``).
+_RUNNING: dict[str, Any] = {
+    "status": "running",
+    "lease_owner": bindparam("p_owner"),
+    "lease_expires_at": bindparam("p_expires"),
+    "attempts": jobs.c.attempts + 1,
+    "started_at": bindparam("p_now"),
+    "updated_at": bindparam("p_now"),
+}
 _CHANGE_STATEMENTS: dict[str, Any] = {
     "completed": update(jobs)
     .where(jobs.c.seq == bindparam("b_seq"))

@@ -7,6 +7,7 @@ they are given. What one dialect does, the other must do.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -333,6 +334,39 @@ async def test_claim_with_no_room_takes_nothing(jobs: SQLJobStore, org: Organiza
 
     assert await jobs.claim_jobs(PROVIDER, 0, "w1", 30) == []
     assert (await get(jobs, job)).status == "queued"
+
+
+async def test_the_workers_store_calls_leave_no_statement_garbage(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    # Claim, start, renew, the cancel check and the outcome batch reuse statements built
+    # once: building them per call left cyclic garbage (bind parameters, array types,
+    # subqueries) that lengthened the collector's passes in a busy worker.
+    queued = await create(jobs, org, 6)
+
+    async def one_round() -> None:
+        [claimed] = await jobs.claim_jobs(PROVIDER, 1, "w1", 30)
+        other = next(j for j in queued if j.id != claimed.id)
+        queued[:] = [j for j in queued if j.id not in (claimed.id, other.id)]
+        [started] = await jobs.start_jobs([other.id], "w1", 30)
+        ids = [claimed.id, started.id]
+        assert await jobs.renew_leases("w1", ids, 30) == 2
+        assert await jobs.cancelled_among(ids) == []
+        done = [outcome(claimed, "completed"), outcome(started, "completed")]
+        assert await jobs.finish_attempts(done) == [True, True]
+
+    await one_round()  # builds what is built once
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await one_round()
+        await one_round()
+        gc.collect()
+        statements = [o for o in gc.garbage if type(o).__module__.startswith("sqlalchemy.sql")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert statements == []
 
 
 # --- start_job ------------------------------------------------------------------------
