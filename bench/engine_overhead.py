@@ -95,6 +95,7 @@ def table(rows: list[Measurement], ratio: dict[str, float]) -> str:
         "vs fastest peer",
         "worker CPU s",
         "worker peak RSS MB",
+        "machine CPU us/job",
     ]
     lines = [head]
     for r in rows:
@@ -108,10 +109,11 @@ def table(rows: list[Measurement], ratio: dict[str, float]) -> str:
                     _ratio(ratio, r.system),
                     f"{r.worker_cpu_s:.1f}",
                     f"{r.worker_peak_rss_mb:.0f}",
+                    f"{r.machine_cpu_us_per_job:.0f}",
                 ]
             )
         else:
-            lines.append([r.system, str(r.jobs), "FAILED", "-", "-", "-", "-"])
+            lines.append([r.system, str(r.jobs), "FAILED", "-", "-", "-", "-", "-"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     out.insert(1, "-+-".join("-" * w for w in widths))

@@ -19,13 +19,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from bench.engines.common import machine_busy_s
 from bench.procs import ROOT, fresh_database
 from copydesk.migrations import upgrade_to_head
 from copydesk.store import NewJob, Outcome
 from copydesk.stores.sql import SQLJobStore, SQLStore, utcnow
 
 
-async def floor(url: str, count: int, batch: int) -> dict[str, Any]:
+async def _stored(url: str, count: int) -> tuple[SQLJobStore, SQLStore]:
+    """A migrated database at ``url`` holding ``count`` queued jobs of provider ``echo``."""
     store = SQLStore(url)
     await store.open()
     await upgrade_to_head(store.engine)
@@ -45,7 +49,12 @@ async def floor(url: str, count: int, batch: int) -> dict[str, Any]:
     ]
     for start in range(0, count, 1000):
         await jobs.create_jobs(news[start : start + 1000])
-    started = time.perf_counter()
+    return jobs, store
+
+
+async def floor(url: str, count: int, batch: int) -> dict[str, Any]:
+    jobs, store = await _stored(url, count)
+    busy, started = machine_busy_s(), time.perf_counter()
     done = 0
     while done < count:
         claimed = await jobs.claim_jobs("echo", batch, "floor", 30.0)
@@ -69,9 +78,162 @@ async def floor(url: str, count: int, batch: int) -> dict[str, Any]:
         ]
         await jobs.finish_attempts(outcomes)
         done += len(claimed)
-    wall = time.perf_counter() - started
+    result = _result(done, started, busy)
     await store.close()
-    return {"jobs": done, "seconds": round(wall, 3), "jobs_per_s": round(done / wall, 1)}
+    return result
+
+
+def _result(done: int, started: float, busy: float) -> dict[str, Any]:
+    wall = time.perf_counter() - started
+    return {
+        "jobs": done,
+        "seconds": round(wall, 3),
+        "jobs_per_s": round(done / wall, 1),
+        # The whole machine's busy CPU (this process, the database server) per job.
+        "machine_cpu_us_per_job": round((machine_busy_s() - busy) / max(done, 1) * 1e6, 1),
+    }
+
+
+_COMPLETE = (
+    "UPDATE jobs SET status='completed', lease_owner=NULL, lease_expires_at=NULL, "
+    "updated_at={p}, completed_at={p}, result_title={p}, result_suggestion={p}, error=NULL, "
+    "error_class=NULL, prompt_tokens=prompt_tokens+{p}, completion_tokens=completion_tokens+{p} "
+    "WHERE seq={p}"
+)
+_ATTEMPT = (
+    "INSERT INTO job_attempts (job_seq, number, worker, started_at, ended_at, outcome, "
+    "error_class, error, provider_latency_ms, prompt_tokens, completion_tokens) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, 'completed', NULL, NULL, NULL, 1, 1) "
+    "ON CONFLICT (job_seq, number) DO UPDATE SET worker=excluded.worker, "
+    "started_at=excluded.started_at, ended_at=excluded.ended_at, outcome=excluded.outcome"
+)
+_CLAIM = (
+    "UPDATE jobs SET status='running', lease_owner={p}, lease_expires_at={p}, "
+    "attempts=attempts+1, started_at={p}, updated_at={p} WHERE seq IN (SELECT seq FROM jobs "
+    "WHERE provider='echo' AND status='queued' ORDER BY priority DESC, fair_rank, seq "
+    "LIMIT {p}{lock}) AND status='queued' RETURNING *"
+)
+_PICK = (
+    "SELECT seq, id, status, lease_owner, attempts, batch_id, EXISTS (SELECT 1 FROM "
+    "webhook_endpoints w WHERE w.org_id = jobs.org_id) FROM jobs WHERE {among} ORDER BY seq"
+)
+
+
+async def raw_floor(url: str, count: int, batch: int) -> dict[str, Any]:
+    """The same store calls as :func:`floor` (the same statements, schema and batches),
+    sent straight through the driver (sqlite3, asyncpg) with no SQLAlchemy and no Job
+    objects: what the database and driver alone cost per job."""
+    _, store = await _stored(url, count)
+    await store.close()
+    if url.startswith("postgresql"):
+        return await _raw_postgres(url, count, batch)
+    return await asyncio.to_thread(_raw_sqlite, url.split(":///", 1)[1], count, batch)
+
+
+def _raw_sqlite(path: str, count: int, batch: int) -> dict[str, Any]:
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    claim = _CLAIM.format(p="?", lock="")
+    complete, attempt = _COMPLETE.format(p="?"), _ATTEMPT.format(p="?")
+    busy, started = machine_busy_s(), time.perf_counter()
+    done = 0
+    while done < count:
+        now = str(utcnow().replace(tzinfo=None))
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(claim, ("floor", now, now, now, batch)).fetchall()
+        db.execute("COMMIT")
+        if not rows:
+            break
+        seqs = [r[0] for r in rows]
+        ids = [r[1] for r in rows]
+        db.execute("BEGIN IMMEDIATE")
+        pick = _PICK.format(among=f"id IN ({','.join('?' * len(ids))})")
+        db.execute(pick, ids).fetchall()
+        db.executemany(complete, [(now, now, "t", "s", 1, 1, seq) for seq in seqs])
+        db.executemany(attempt, [(seq, 1, "floor", now, now) for seq in seqs])
+        db.execute("COMMIT")
+        done += len(rows)
+    result = _result(done, started, busy)
+    db.close()
+    return result
+
+
+async def _raw_postgres(url: str, count: int, batch: int, loops: int = 4) -> dict[str, Any]:
+    """``loops`` claim-and-finish loops side by side, one connection each (SKIP LOCKED
+    keeps them apart), so the figure is not one connection's round trips."""
+    import asyncpg
+
+    dsn = "postgresql://" + url.split("://", 1)[1]
+    claim = _CLAIM.format(p="{}", lock=" FOR UPDATE SKIP LOCKED")
+    claim = claim.format(*(f"${i}" for i in range(1, 6)))
+    complete = _COMPLETE.format(p="{}").format(*(f"${i}" for i in range(1, 8)))
+    attempt = _ATTEMPT.format(p="{}").format(*(f"${i}" for i in range(1, 6)))
+    pick = _PICK.format(among="id = ANY($1::varchar[])") + " FOR UPDATE OF jobs"
+    connections = [await asyncpg.connect(dsn) for _ in range(loops)]
+
+    async def loop(conn: asyncpg.Connection) -> int:
+        done = 0
+        while True:
+            now = utcnow()
+            async with conn.transaction():
+                rows = await conn.fetch(claim, "floor", now, now, now, batch)
+            if not rows:
+                return done
+            async with conn.transaction():
+                await conn.fetch(pick, [r["id"] for r in rows])
+                await conn.executemany(
+                    complete, [(now, now, "t", "s", 1, 1, r["seq"]) for r in rows]
+                )
+                await conn.executemany(attempt, [(r["seq"], 1, "floor", now, now) for r in rows])
+            done += len(rows)
+
+    busy, started = machine_busy_s(), time.perf_counter()
+    done = sum(await asyncio.gather(*(loop(c) for c in connections)))
+    result = _result(done, started, busy)
+    for conn in connections:
+        await conn.close()
+    return result
+
+
+def in_process(count: int) -> dict[str, Any]:
+    """The per-job work outside the store that no job can skip, timed alone: the no-op
+    agent's prompt rendered into a provider request, and one asyncio task handing a
+    result back through a future (how a job runs beside the others)."""
+    from copydesk.agents import parse_agent
+    from copydesk.generation import build_request
+    from copydesk.store import Agent
+
+    path = ROOT / "bench" / "engines" / "noop-agent.yaml"
+    spec = parse_agent(yaml.safe_load(path.read_text()), str(path))
+    now = utcnow()
+    agent = Agent(spec.id, "org", spec.name, "deployed", 1, spec, now, now, now)
+    values = [{"text": [f"item {i}"]} for i in range(count)]
+    started = time.perf_counter()
+    for v in values:
+        build_request(agent, v, None)
+    render_s = time.perf_counter() - started
+
+    async def tasks() -> float:
+        loop = asyncio.get_running_loop()
+
+        async def job(done: asyncio.Future[int]) -> None:
+            done.set_result(1)
+
+        begun = time.perf_counter()
+        for start in range(0, count, 100):
+            futures = [loop.create_future() for _ in range(min(100, count - start))]
+            running = [loop.create_task(job(f)) for f in futures]
+            await asyncio.gather(*futures, *running)
+        return time.perf_counter() - begun
+
+    task_s = asyncio.run(tasks())
+    return {
+        "render_us_per_job": round(render_s / count * 1e6, 1),
+        "task_us_per_job": round(task_s / count * 1e6, 1),
+    }
 
 
 def main() -> None:
@@ -90,9 +252,35 @@ def main() -> None:
                 url = f"sqlite+aiosqlite:///{tmp / 'floor.db'}"
             result = asyncio.run(floor(url, args.jobs, args.batch))
         rows.append({"database": name, "batch": args.batch, **result})
-    print("database | jobs | batch | seconds | jobs/s (claim + outcome + attempt only)")
+        with ExitStack() as stack:  # the same, straight through the driver
+            if name == "postgres":
+                url = stack.enter_context(fresh_database())
+            else:
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                url = f"sqlite+aiosqlite:///{tmp / 'floor.db'}"
+            result = asyncio.run(raw_floor(url, args.jobs, args.batch))
+        rows.append({"database": f"{name} (driver only)", "batch": args.batch, **result})
+    outside = in_process(args.jobs)
+    print(
+        "database | jobs | batch | seconds | jobs/s (claim + outcome + attempt only) | "
+        "machine CPU us/job"
+    )
     for r in rows:
-        print(f"{r['database']} | {r['jobs']} | {r['batch']} | {r['seconds']} | {r['jobs_per_s']}")
+        print(
+            f"{r['database']} | {r['jobs']} | {r['batch']} | {r['seconds']} | "
+            f"{r['jobs_per_s']} | {r['machine_cpu_us_per_job']}"
+        )
+    per_job = outside["render_us_per_job"] + outside["task_us_per_job"]
+    print(
+        f"outside the store, per job: prompt + request {outside['render_us_per_job']} us, "
+        f"a task and its future {outside['task_us_per_job']} us"
+    )
+    for r in rows:
+        # What one worker could reach if nothing else cost anything: the store calls
+        # plus the per-job work above, one after the other on one event loop.
+        r["ceiling_jobs_per_s"] = round(1e6 / (1e6 / r["jobs_per_s"] + per_job), 1)
+        r.update(outside)
+        print(f"{r['database']}: ceiling with that work added: {r['ceiling_jobs_per_s']} jobs/s")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = ROOT / "bench" / "results" / f"record-floor-{stamp}.json"
     out.write_text(json.dumps(rows, indent=2) + "\n")

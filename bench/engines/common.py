@@ -124,6 +124,13 @@ def _processes(pid: int) -> list[psutil.Process]:
         return []
 
 
+def machine_busy_s() -> float:
+    """CPU seconds this machine has spent busy (every process, every core, including the
+    database or broker server), since boot."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of the worker and its children (prefork pools)."""
     total = 0.0
@@ -194,6 +201,9 @@ class Measurement:
     jobs_per_s: float | None = None
     worker_cpu_s: float | None = None
     worker_peak_rss_mb: float | None = None
+    #: The whole machine's busy CPU time over the run, per job (the worker, its database
+    #: or broker, this poller): what a job costs, wherever its work happens.
+    machine_cpu_us_per_job: float | None = None
     error: str | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -216,6 +226,7 @@ async def measure(
         if profile is not None:
             attach_profiler(worker, profile)
         cpu0 = cpu_s(worker.pid)
+        busy0 = machine_busy_s()
         started = time.perf_counter()
         await runner.enqueue(jobs)
         enqueued = time.perf_counter()
@@ -230,6 +241,7 @@ async def measure(
                 raise TimeoutError(f"{done}/{jobs} done after {timeout_s:.0f} s")
             await asyncio.sleep(POLL_S)
         seconds = time.perf_counter() - started
+        busy = machine_busy_s() - busy0
         cpu = cpu_s(worker.pid) - cpu0
         rss = peak_rss_mb(worker.pid)
         return Measurement(
@@ -241,6 +253,7 @@ async def measure(
             jobs_per_s=round(jobs / seconds, 1),
             worker_cpu_s=round(cpu, 2),
             worker_peak_rss_mb=round(rss, 1),
+            machine_cpu_us_per_job=round(busy / jobs * 1e6, 1),
             notes=runner.notes,
         )
     except Exception as exc:
