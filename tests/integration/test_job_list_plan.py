@@ -117,3 +117,29 @@ async def test_new_jobs_keep_the_fair_rank_index_useful(store: SQLStore) -> None
     assert [j.agent_id for j in claimed] == ["agent-1"]
     plan = await _plan(store.engine, *captured[0])
     assert "ix_jobs_claim" in plan, plan
+
+
+async def test_claiming_reads_the_queued_jobs_in_claim_order_without_sorting(
+    store: SQLStore,
+) -> None:
+    """The claim's ORDER BY (priority DESC, fair_rank, seq) is the index's own order, so a
+    claim reads its LIMIT rows and stops: no sort of every queued job (SQLite's temporary
+    B-tree, PostgreSQL's Sort), whatever the queue's depth."""
+    org_id, _ = await _seed(store)
+    job_store = SQLJobStore(store)
+    await job_store.create_jobs(
+        [NewJob(str(uuid.uuid4()), org_id, f"agent-{i}", 1, "deep", [], 3) for i in range(3000)]
+    )
+    captured: list[tuple[str, Any]] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "UPDATE jobs" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
+    claimed = await job_store.claim_jobs("deep", 10, "w1", 30)
+    assert {j.agent_id for j in claimed} == {f"agent-{i}" for i in range(10)}
+    plan = await _plan(store.engine, *captured[0])
+    assert "ix_jobs_claim" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+    assert "Sort" not in plan, plan
