@@ -8,6 +8,7 @@ Each PostgreSQL test gets a fresh database (``App`` builds its own engine from t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -25,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from copydesk.agents import parse_agent
 from copydesk.app import App
 from copydesk.config import Settings
-from copydesk.engines.pgqueuer import _warm_dequeue, dsn_of
+from copydesk.engines.pgqueuer import AUTOVACUUM_OFF, _warm_dequeue, dsn_of
 from copydesk.store import Attempt, Job, Organization
 from copydesk.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 from copydesk.worker import Worker
@@ -485,6 +486,21 @@ async def test_the_pgqueuer_warm_up_dequeue_takes_nothing(make_app: MakeApp, db_
     async with running(app.worker()):
         done = await settled(app, submitted)
     assert [j.status for j in done] == ["completed"] * 2
+
+
+@pytest.mark.parametrize("db_kind", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_the_pgqueuer_engine_warns_when_autovacuum_is_off(
+    make_app: MakeApp, db_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="copydesk.engines.pgqueuer"):
+        app = await make_app(engine="pgqueuer")
+    conn = await asyncpg.connect(dsn_of(app.store.url))
+    try:
+        off = await conn.fetchval("SHOW autovacuum") == "off"
+    finally:
+        await conn.close()
+    warned = [r.getMessage() for r in caplog.records if "autovacuum is off" in r.getMessage()]
+    assert warned == ([AUTOVACUUM_OFF] if off else [])
 
 
 async def test_a_dead_workers_job_is_reaped_and_run(make_app: MakeApp) -> None:
