@@ -34,6 +34,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from bench.loadgen import print_table
@@ -143,6 +144,15 @@ class Deployment:
     def errors(self) -> list[str]:
         return self.proc.errors() if self.proc is not None else []
 
+    async def vacuum(self) -> None:
+        """VACUUM the database between rounds: what autovacuum does when it is on."""
+        url = self.env["COPYDESK_DATABASE_URL"]
+        conn = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+        finally:
+            await conn.close()
+
 
 async def idle_rss(dep: Deployment, settle_s: float = 3.0) -> float:
     await asyncio.sleep(settle_s)
@@ -224,6 +234,8 @@ async def soak(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             done += per_round
             completed = await dep.count("completed")
+            if args.vacuum and kind == "postgres":
+                await dep.vacuum()
             await asyncio.sleep(1.0)  # between rounds: what the worker holds when idle
             row = {
                 "round": n,
@@ -343,6 +355,12 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=1_000_000, help="(b) jobs in all")
     parser.add_argument("--rounds", type=int, default=10, help="(b) RSS read after each")
     parser.add_argument("--concurrency", type=int, default=100, help="(b) provider concurrency")
+    parser.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="(b) VACUUM the PostgreSQL database between rounds (what autovacuum does; "
+        "it is off on some machines, and the tables then bloat round by round)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 
