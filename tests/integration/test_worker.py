@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from copydesk.agents import parse_agent
 from copydesk.app import App
 from copydesk.config import Settings
-from copydesk.engines.pgqueuer import AUTOVACUUM_OFF, _warm_dequeue, dsn_of
+from copydesk.engines.pgqueuer import AUTOVACUUM_OFF, PgQueuerQueue, _warm_dequeue, dsn_of
 from copydesk.store import Attempt, Job, Organization
 from copydesk.testing.fake_llm import FakeLLMConfig, FakeLLMServer
 from copydesk.worker import Worker
@@ -486,6 +486,30 @@ async def test_the_pgqueuer_warm_up_dequeue_takes_nothing(make_app: MakeApp, db_
     async with running(app.worker()):
         done = await settled(app, submitted)
     assert [j.status for j in done] == ["completed"] * 2
+
+
+@pytest.mark.parametrize("db_kind", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_pgqueuer_dispatch_connections_plan_every_dequeue(
+    make_app: MakeApp, db_kind: str
+) -> None:
+    # A dequeue plan cached while the statistics said the queue was empty read and sorted
+    # every queued entry until the next ANALYZE (10x slower): each one is planned afresh.
+    app = await make_app(engine="pgqueuer")
+    assert isinstance(app.queue, PgQueuerQueue)
+    conn = await app.queue._connect()
+    try:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        for _ in range(8):  # PostgreSQL considers a generic plan after 5 executions
+            assert await _warm_dequeue(qm, budget=4, lease_s=30.0) == []
+        plans = await conn.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%next_queued AS%' "
+            "AND statement NOT LIKE '%pg_prepared_statements%'"
+        )
+        assert [(r[0], r[1]) for r in plans] == [(0, 8)]
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("db_kind", [pytest.param("postgres", marks=pytest.mark.postgres)])
