@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
@@ -25,7 +25,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -554,16 +553,11 @@ class _SQLPart:
     def dialect(self) -> str:
         return self._store.engine.dialect.name
 
-    def _among(self, column: Any, values: Iterable[Any]) -> Any:
-        """``column`` is one of ``values``. PostgreSQL: ``= ANY($1)`` with one array
-        parameter, so the statement's text (and asyncpg's prepared statement) is the
-        same whatever the number of values; SQLite: an expanding ``IN``."""
-        if self.dialect == "postgresql":
-            return column == any_(literal(list(values), ARRAY(column.type)))
-        return column.in_(list(values))
-
-    def _among_param(self, column: Any, name: str) -> Any:
-        """:meth:`_among` with the values bound at execution as parameter ``name`` (a list)."""
+    def _among(self, column: Any, name: str) -> Any:
+        """``column`` is one of the values bound at execution as parameter ``name`` (a
+        list). PostgreSQL: ``= ANY($1)`` with one array parameter, so the statement's text
+        (and asyncpg's prepared statement) is the same whatever the number of values;
+        SQLite: an expanding ``IN``."""
         if self.dialect == "postgresql":
             return column == any_(bindparam(name, type_=ARRAY(column.type)))
         return column.in_(bindparam(name, expanding=True))
@@ -789,7 +783,7 @@ class SQLJobStore(_SQLPart):
                 jobs.c.seq, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at
             )
             .where(
-                self._among_param(jobs.c.id, "p_ids"),
+                self._among(jobs.c.id, "p_ids"),
                 (jobs.c.status == "queued")
                 | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < bindparam("p_now"))),
             )
@@ -799,7 +793,7 @@ class SQLJobStore(_SQLPart):
             pick = pick.with_for_update(skip_locked=True)
         take = (
             update(jobs)
-            .where(self._among_param(jobs.c.seq, "p_seqs"))
+            .where(self._among(jobs.c.seq, "p_seqs"))
             .values(**_RUNNING)
             .returning(*jobs.c)
         )
@@ -818,7 +812,7 @@ class SQLJobStore(_SQLPart):
 
     def _build_renew(self) -> Any:
         mine = select(jobs.c.seq).where(
-            self._among_param(jobs.c.id, "p_ids"),
+            self._among(jobs.c.id, "p_ids"),
             jobs.c.lease_owner == bindparam("p_owner"),
             jobs.c.status == "running",
         )
@@ -1104,7 +1098,7 @@ class SQLJobStore(_SQLPart):
                 # Webhooks: whether the job's organisation has any endpoint (indexed).
                 has_endpoints(jobs.c.org_id).label("hooked"),
             )
-            .where(self._among_param(jobs.c.id, "p_ids"))
+            .where(self._among(jobs.c.id, "p_ids"))
             .order_by(jobs.c.seq)
         )
         if self.dialect == "postgresql":
@@ -1222,7 +1216,7 @@ class SQLJobStore(_SQLPart):
         stmt = self._prebuilt(
             "cancelled-among",
             lambda: select(jobs.c.id).where(
-                self._among_param(jobs.c.id, "p_ids"), jobs.c.status == "cancelled"
+                self._among(jobs.c.id, "p_ids"), jobs.c.status == "cancelled"
             ),
         )
         async with self._read() as conn:
