@@ -7,6 +7,7 @@ the engine), on a table with enough rows that a planner would rather scan if it 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,15 +59,24 @@ async def _seed(store: SQLStore) -> tuple[str, str]:
     return org_id, "agent-3"
 
 
-def _capture(engine: AsyncEngine) -> list[tuple[str, Any]]:
+def _capture(
+    engine: AsyncEngine,
+    keep: Callable[[str], bool] = lambda s: "FROM jobs" in s and "count" not in s.lower(),
+) -> list[tuple[str, Any]]:
+    """The statements (and their parameters) the engine sends from now on that ``keep``
+    picks: by default the job reads, without their counts."""
     captured: list[tuple[str, Any]] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "FROM jobs" in statement and "count" not in statement.lower():
+        if keep(statement):
             captured.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", before)
     return captured
+
+
+def _claims(statement: str) -> bool:
+    return "UPDATE jobs" in statement
 
 
 async def _plan(engine: AsyncEngine, statement: str, parameters: Any) -> str:
@@ -106,13 +116,7 @@ async def test_new_jobs_keep_the_fair_rank_index_useful(store: SQLStore) -> None
     org_id, _ = await _seed(store)
     job_store = SQLJobStore(store)
     await job_store.create_jobs([NewJob(str(uuid.uuid4()), org_id, "agent-1", 1, "fresh", [], 3)])
-    captured: list[tuple[str, Any]] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "UPDATE jobs" in statement:
-            captured.append((statement, parameters))
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
+    captured = _capture(store.engine, _claims)
     claimed = await job_store.claim_jobs("fresh", 10, "w1", 30)
     assert [j.agent_id for j in claimed] == ["agent-1"]
     plan = await _plan(store.engine, *captured[0])
@@ -130,13 +134,7 @@ async def test_claiming_reads_the_queued_jobs_in_claim_order_without_sorting(
     await job_store.create_jobs(
         [NewJob(str(uuid.uuid4()), org_id, f"agent-{i}", 1, "deep", [], 3) for i in range(3000)]
     )
-    captured: list[tuple[str, Any]] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "UPDATE jobs" in statement:
-            captured.append((statement, parameters))
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
+    captured = _capture(store.engine, _claims)
     claimed = await job_store.claim_jobs("deep", 10, "w1", 30)
     assert {j.agent_id for j in claimed} == {f"agent-{i}" for i in range(10)}
     plan = await _plan(store.engine, *captured[0])
