@@ -15,7 +15,8 @@ import json
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +108,17 @@ _ATTEMPT = (
     "ON CONFLICT (job_seq, number) DO UPDATE SET worker=excluded.worker, "
     "started_at=excluded.started_at, ended_at=excluded.ended_at, outcome=excluded.outcome"
 )
-_CLAIM = (
+#: The claim as the store sends it: the queued rows it takes picked in a subquery on
+#: SQLite, and on PostgreSQL locked (SKIP LOCKED) in a CTE that runs once (as a plain IN
+#: subquery the planner may rescan it: `SQLJobStore._picked`).
+_PICKED = (
+    "SELECT seq FROM jobs WHERE provider='echo' AND status='queued' "
+    "ORDER BY priority DESC, fair_rank, seq LIMIT {p}"
+)
+_TAKE = (
     "UPDATE jobs SET status='running', lease_owner={p}, lease_expires_at={p}, "
-    "attempts=attempts+1, started_at={p}, updated_at={p} WHERE seq IN (SELECT seq FROM jobs "
-    "WHERE provider='echo' AND status='queued' ORDER BY priority DESC, fair_rank, seq "
-    "LIMIT {p}{lock}) AND status='queued' RETURNING *"
+    "attempts=attempts+1, started_at={p}, updated_at={p} WHERE seq IN ({picked}) "
+    "AND status='queued' RETURNING *"
 )
 _PICK = (
     "SELECT seq, id, status, lease_owner, attempts, batch_id, EXISTS (SELECT 1 FROM "
@@ -136,7 +143,7 @@ def _raw_sqlite(path: str, count: int, batch: int) -> dict[str, Any]:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    claim = _CLAIM.format(p="?", lock="")
+    claim = _TAKE.format(p="?", picked=_PICKED.format(p="?"))
     complete, attempt = _COMPLETE.format(p="?"), _ATTEMPT.format(p="?")
     busy, started = machine_busy_s(), time.perf_counter()
     done = 0
@@ -167,8 +174,9 @@ async def _raw_postgres(url: str, count: int, batch: int, loops: int = 4) -> dic
     import asyncpg
 
     dsn = "postgresql://" + url.split("://", 1)[1]
-    claim = _CLAIM.format(p="{}", lock=" FOR UPDATE SKIP LOCKED")
-    claim = claim.format(*(f"${i}" for i in range(1, 6)))
+    picked = _PICKED.format(p="$5") + " FOR UPDATE SKIP LOCKED"
+    take = _TAKE.format(p="{}", picked="SELECT seq FROM picked")
+    claim = f"WITH picked AS ({picked}) " + take.format(*(f"${i}" for i in range(1, 5)))
     complete = _COMPLETE.format(p="{}").format(*(f"${i}" for i in range(1, 8)))
     attempt = _ATTEMPT.format(p="{}").format(*(f"${i}" for i in range(1, 6)))
     pick = _PICK.format(among="id = ANY($1::varchar[])") + " FOR UPDATE OF jobs"
@@ -236,6 +244,17 @@ def in_process(count: int) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def empty_database(kind: str) -> Iterator[str]:
+    """The URL of a new, empty database: a PostgreSQL one, or a SQLite file."""
+    if kind == "postgres":
+        with fresh_database() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite+aiosqlite:///{Path(tmp) / 'floor.db'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20000)
@@ -244,22 +263,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name in args.deployments.split(","):
-        with ExitStack() as stack:
-            if name == "postgres":
-                url = stack.enter_context(fresh_database())
-            else:
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                url = f"sqlite+aiosqlite:///{tmp / 'floor.db'}"
-            result = asyncio.run(floor(url, args.jobs, args.batch))
-        rows.append({"database": name, "batch": args.batch, **result})
-        with ExitStack() as stack:  # the same, straight through the driver
-            if name == "postgres":
-                url = stack.enter_context(fresh_database())
-            else:
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                url = f"sqlite+aiosqlite:///{tmp / 'floor.db'}"
-            result = asyncio.run(raw_floor(url, args.jobs, args.batch))
-        rows.append({"database": f"{name} (driver only)", "batch": args.batch, **result})
+        # Through SQLJobStore, then the same statements straight through the driver; each
+        # on a database of its own.
+        for label, run in ((name, floor), (f"{name} (driver only)", raw_floor)):
+            with empty_database(name) as url:
+                result = asyncio.run(run(url, args.jobs, args.batch))
+            rows.append({"database": label, "batch": args.batch, **result})
     outside = in_process(args.jobs)
     print(
         "database | jobs | batch | seconds | jobs/s (claim + outcome + attempt only) | "
