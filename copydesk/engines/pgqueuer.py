@@ -264,7 +264,7 @@ class PgQueuerQueue(RunningJobs):
                     # Short: a missed NOTIFY then costs a fraction of a second, not seconds.
                     dequeue_timeout=timedelta(seconds=min(0.25, self._settings.poll_interval_s)),
                     batch_size=_batch_size(budget),
-                    max_concurrent_tasks=max(budget, 2 * _batch_size(budget)),
+                    max_concurrent_tasks=_max_tasks(budget),
                     heartbeat_timeout=timedelta(seconds=lease),
                 ),
                 name=f"pgqueuer:{index}",
@@ -324,7 +324,7 @@ async def _warm_dequeue(qm: QueueManager, budget: int, lease_s: float) -> list[P
         batch_size=_batch_size(budget),
         entrypoints={WARM_ENTRYPOINT: EntrypointExecutionParameter(0)},
         queue_manager_id=qm.queue_manager_id,
-        global_concurrency_limit=max(budget, 2 * _batch_size(budget)),
+        global_concurrency_limit=_max_tasks(budget),
         heartbeat_timeout=timedelta(seconds=lease_s),
     )
 
@@ -333,6 +333,11 @@ def _batch_size(budget: int) -> int:
     """Entries one dequeue takes: up to 100, and at most half the budget (PgQueuer
     wants ``max_concurrent_tasks >= 2 * batch_size``)."""
     return max(1, min(100, budget // 2))
+
+
+def _max_tasks(budget: int) -> int:
+    """PgQueuer's ``max_concurrent_tasks`` for a budget (at least twice the batch)."""
+    return max(budget, 2 * _batch_size(budget))
 
 
 def _file_handler(run_file: FileRunner) -> Callable[[PgJob], Awaitable[None]]:
