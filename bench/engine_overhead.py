@@ -7,6 +7,9 @@ Copydesk runs its real stack (``copydesk worker``, the deterministic ``echo`` pr
 on SQLite with the embedded engine and on PostgreSQL with the PgQueuer engine. The
 peers are Celery (Redis broker), arq and SAQ (asyncio on Redis), procrastinate and
 PgQueuer (PostgreSQL). Each row's ratio is its jobs/s over the fastest peer's.
+``pgqueuer+records`` is not a peer but a bound for ``copydesk-postgres``: plain PgQueuer
+plus the rows Copydesk keeps per job, written straight through the driver
+(``bench/engines/pgqueuer_records_runner.py``).
 
     python -m bench.engine_overhead                 # N = 20000
     python -m bench.engine_overhead --quick         # N = 2000
@@ -32,6 +35,8 @@ from bench.engines.common import ROOT, Measurement, Runner, measure
 
 RESULTS = ROOT / "bench" / "results"
 COPYDESK = ("copydesk-embedded", "copydesk-postgres")
+#: Rows that bound a Copydesk row instead of competing with it: never the fastest peer.
+BOUNDS = ("pgqueuer+records",)
 
 
 def _copydesk(database: str) -> Callable[[], Runner]:
@@ -59,6 +64,7 @@ SYSTEMS: dict[str, Callable[[], Runner]] = {
     "saq": _peer("saq_runner", "SaqRunner"),
     "procrastinate": _peer("procrastinate_runner", "ProcrastinateRunner"),
     "pgqueuer": _peer("pgqueuer_runner", "PgQueuerRunner"),
+    "pgqueuer+records": _peer("pgqueuer_records_runner", "PgQueuerRecordsRunner"),
 }
 VERSIONS = ["copydesk", "celery", "arq", "saq", "procrastinate", "pgqueuer", "redis", "asyncpg"]
 
@@ -72,7 +78,7 @@ async def run_one(name: str, jobs: int, concurrency: int, profile: Path | None) 
 
 
 def ratios(rows: list[Measurement]) -> tuple[str | None, dict[str, float]]:
-    peers = [r for r in rows if r.ok and r.system not in COPYDESK and r.jobs_per_s]
+    peers = [r for r in rows if r.ok and r.system not in (*COPYDESK, *BOUNDS) and r.jobs_per_s]
     if not peers:
         return None, {}
     best = max(peers, key=lambda r: r.jobs_per_s or 0.0)
@@ -96,6 +102,7 @@ def table(rows: list[Measurement], ratio: dict[str, float]) -> str:
         "worker CPU s",
         "worker peak RSS MB",
         "machine CPU us/job",
+        "worker / producer / server us/job",
     ]
     lines = [head]
     for r in rows:
@@ -110,10 +117,12 @@ def table(rows: list[Measurement], ratio: dict[str, float]) -> str:
                     f"{r.worker_cpu_s:.1f}",
                     f"{r.worker_peak_rss_mb:.0f}",
                     f"{r.machine_cpu_us_per_job:.0f}",
+                    f"{r.worker_cpu_us_per_job:.0f} / {r.producer_cpu_us_per_job:.0f} / "
+                    f"{r.server_cpu_us_per_job:.0f}",
                 ]
             )
         else:
-            lines.append([r.system, str(r.jobs), "FAILED", "-", "-", "-", "-", "-"])
+            lines.append([r.system, str(r.jobs), "FAILED", "-", "-", "-", "-", "-", "-"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     out.insert(1, "-+-".join("-" * w for w in widths))
@@ -133,7 +142,10 @@ def chart(rows: list[Measurement], ratio: dict[str, float], path: Path, title: s
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(ok) + 1.5))
     names = [r.system for r in ok]
     values = [r.jobs_per_s or 0.0 for r in ok]
-    colors = ["tab:orange" if r.system in COPYDESK else "tab:blue" for r in ok]
+    colors = [
+        "tab:orange" if r.system in COPYDESK else "tab:gray" if r.system in BOUNDS else "tab:blue"
+        for r in ok
+    ]
     bars = ax.barh(names, values, color=colors)
     for bar, r in zip(bars, ok, strict=True):
         ax.text(

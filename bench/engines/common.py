@@ -204,6 +204,12 @@ class Measurement:
     #: The whole machine's busy CPU time over the run, per job (the worker, its database
     #: or broker, this poller): what a job costs, wherever its work happens.
     machine_cpu_us_per_job: float | None = None
+    #: Where that CPU went, per job: the worker process (and its children), this process
+    #: (enqueueing and polling: the producer), and the rest of the machine (the database or
+    #: broker server, mostly).
+    worker_cpu_us_per_job: float | None = None
+    producer_cpu_us_per_job: float | None = None
+    server_cpu_us_per_job: float | None = None
     error: str | None = None
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -227,6 +233,7 @@ async def measure(
             attach_profiler(worker, profile)
         cpu0 = cpu_s(worker.pid)
         busy0 = machine_busy_s()
+        own0 = time.process_time()
         started = time.perf_counter()
         await runner.enqueue(jobs)
         enqueued = time.perf_counter()
@@ -243,6 +250,7 @@ async def measure(
         seconds = time.perf_counter() - started
         busy = machine_busy_s() - busy0
         cpu = cpu_s(worker.pid) - cpu0
+        own = time.process_time() - own0
         rss = peak_rss_mb(worker.pid)
         return Measurement(
             system=runner.name,
@@ -254,6 +262,9 @@ async def measure(
             worker_cpu_s=round(cpu, 2),
             worker_peak_rss_mb=round(rss, 1),
             machine_cpu_us_per_job=round(busy / jobs * 1e6, 1),
+            worker_cpu_us_per_job=round(cpu / jobs * 1e6, 1),
+            producer_cpu_us_per_job=round(own / jobs * 1e6, 1),
+            server_cpu_us_per_job=round(max(0.0, busy - cpu - own) / jobs * 1e6, 1),
             notes=runner.notes,
         )
     except Exception as exc:
