@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -62,6 +63,7 @@ from copydesk.stores import outbox
 from copydesk.stores.completion import complete_batches
 from copydesk.stores.outbox import has_endpoints
 from copydesk.stores.tables import (
+    ACTIVE_SQL,
     agent_versions,
     agents,
     api_keys,
@@ -611,9 +613,7 @@ class SQLJobStore(_SQLPart):
         """
         own = (
             await conn.execute(
-                select(func.max(jobs.c.fair_rank)).where(
-                    jobs.c.org_id == org_id, jobs.c.status.in_(ACTIVE)
-                )
+                select(func.max(jobs.c.fair_rank)).where(jobs.c.org_id == org_id, text(ACTIVE_SQL))
             )
         ).scalar_one_or_none()
         front = (

@@ -34,6 +34,11 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+#: A job still to run (``copydesk.jobs.ACTIVE``), as a partial index's predicate. A query
+#: meant to use such an index says it in these words: SQLite uses a partial index only
+#: when the query's WHERE holds the index's terms as written.
+ACTIVE_SQL = "status IN ('queued', 'running')"
+
 # SQLite's INTEGER PRIMARY KEY is the rowid (auto-increment); PostgreSQL gets BIGINT identity.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -194,15 +199,22 @@ jobs = Table(
     Index(
         "ix_jobs_batch_active",
         "batch_id",
-        postgresql_where=text("status IN ('queued', 'running') AND batch_id IS NOT NULL"),
-        sqlite_where=text("status IN ('queued', 'running') AND batch_id IS NOT NULL"),
+        postgresql_where=text(f"{ACTIVE_SQL} AND batch_id IS NOT NULL"),
+        sqlite_where=text(f"{ACTIVE_SQL} AND batch_id IS NOT NULL"),
     ),
     # J3: an application's jobs, newest first, with and without a status filter.
     Index("ix_jobs_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
     Index("ix_jobs_org_id_agent_id_status_seq", "org_id", "agent_id", "status", "seq"),
-    # The fair rank of a new job: its organisation's newest active rank, and the
-    # lowest queued rank overall.
-    Index("ix_jobs_org_id_status_fair_rank", "org_id", "status", "fair_rank"),
+    # The fair rank of a new job: its organisation's newest active rank (only active
+    # rows: a finished job's row version is not written to it), and the lowest queued
+    # rank overall.
+    Index(
+        "ix_jobs_active_org_id_fair_rank",
+        "org_id",
+        "fair_rank",
+        postgresql_where=text(ACTIVE_SQL),
+        sqlite_where=text(ACTIVE_SQL),
+    ),
     Index(
         "ix_jobs_queued_fair_rank",
         "fair_rank",

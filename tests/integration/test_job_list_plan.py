@@ -141,3 +141,32 @@ async def test_claiming_reads_the_queued_jobs_in_claim_order_without_sorting(
     assert "ix_jobs_claim" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
     assert "Sort" not in plan, plan
+
+
+async def test_a_new_jobs_fair_rank_reads_the_active_rows_index(store: SQLStore) -> None:
+    """The organisation's newest active rank comes from the partial index of active rows
+    (finished rows are not in it), on both dialects: SQLite uses a partial index only when
+    the query states its predicate as written."""
+    org_id, _ = await _seed(store)
+    job_store = SQLJobStore(store)
+    captured = _capture(store.engine, lambda s: "max(jobs.fair_rank)" in s)
+    created = await job_store.create_jobs([NewJob(str(uuid.uuid4()), org_id, "a", 1, "p", [], 3)])
+    # The seed's newest active rank of this organisation is 19,999 (odd ranks are its own;
+    # i % 4 == 3 is running): the new job goes right after it.
+    assert created[0].fair_rank == ROWS
+    assert len(captured) == 1
+    plan = await _plan(store.engine, *captured[0])
+    assert "ix_jobs_active_org_id_fair_rank" in plan, plan
+    assert "Seq Scan on jobs" not in plan, plan
+    assert "SCAN jobs\n" not in plan + "\n", plan
+    assert "'queued'" in await _index_sql(store, "ix_jobs_active_org_id_fair_rank")
+
+
+async def _index_sql(store: SQLStore, name: str) -> str:
+    """The index's definition as the database has it (after the migrations)."""
+    async with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+        else:
+            query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+        return str((await conn.execute(text(query), {"name": name})).scalar_one())
