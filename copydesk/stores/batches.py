@@ -31,6 +31,7 @@ from copydesk.stores.sql import (
     _job_from_dict,
     _SQLPart,
     count_and_page,
+    insert_jobs,
     queued_row,
     utcnow,
 )
@@ -75,7 +76,7 @@ class SQLBatchStore(_SQLPart):
                             "custom_id": row.custom_id,
                         }
                     )
-                await conn.execute(insert(jobs), values)
+                await insert_jobs(conn, values)
                 if enqueue is not None:
                     await enqueue(conn, [_job_from_dict(v) for v in values])
         total = len(rows)

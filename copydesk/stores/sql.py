@@ -6,6 +6,7 @@ All SQL of Copydesk lives here. The services are the only callers.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Integer,
     Select,
     Table,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -121,6 +124,48 @@ def requeued(now: datetime, max_attempts: Any) -> dict[str, Any]:
         "updated_at": now,
         "max_attempts": max_attempts,
     }
+
+
+async def insert_jobs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert job rows (dicts with the same keys). On PostgreSQL, as one array per column
+    through ``unnest``: a multi-row VALUES binds every value as a parameter of its own,
+    which cost this process ~2x the CPU for 1,000 rows, and the server more."""
+    if conn.dialect.name != "postgresql" or len(rows) < 2:
+        await conn.execute(insert(jobs), rows)
+        return
+    await conn.execute(*_unnest_insert(jobs, rows, conn.dialect))
+
+
+#: ``_unnest_insert``'s statements, per (table, columns, what follows the rows).
+_UNNEST_INSERTS: dict[tuple[str, tuple[str, ...], str], Any] = {}
+
+
+def _unnest_insert(
+    table: Table, rows: list[dict[str, Any]], dialect: Any, tail: str = ""
+) -> tuple[Any, dict[str, list[Any]]]:
+    """PostgreSQL: ``INSERT INTO table (...) SELECT * FROM unnest(arrays) tail`` for
+    ``rows`` (dicts with the same keys), and its parameters: one array per column, so the
+    statement is one whatever the number of rows. JSON values are sent as text."""
+    names = tuple(rows[0])
+    key = (table.name, names, tail)
+    statement = _UNNEST_INSERTS.get(key)
+    if statement is None:
+        arrays = ", ".join(
+            f"CAST(:u_{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in names
+        )
+        # Names and types are the table's own (``table.c[name]`` refuses any other name);
+        # every value is a bound parameter.
+        statement = _UNNEST_INSERTS[key] = text(
+            f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608 - see above
+            f"SELECT * FROM unnest({arrays}) {tail}"
+        )
+    params: dict[str, list[Any]] = {}
+    for name in names:
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type, JSON):
+            values = [json.dumps(value) for value in values]
+        params[f"u_{name}"] = values
+    return statement, params
 
 
 async def count_and_page(
@@ -597,7 +642,7 @@ class SQLJobStore(_SQLPart):
             for j in new_jobs:
                 base[j.org_id] += 1
                 rows.append(queued_row(j, base[j.org_id], now))
-            await conn.execute(insert(jobs), rows)
+            await insert_jobs(conn, rows)
             created = [_job_from_dict(r) for r in rows]
             if enqueue is not None:
                 await enqueue(conn, created)
@@ -778,14 +823,21 @@ class SQLJobStore(_SQLPart):
         return sorted((_job(r) for r in rows), key=lambda job: order[job.id])
 
     def _build_start(self) -> tuple[Any, Any]:
+        # The status as ``status || ''``: the same test, but one no partial index's
+        # predicate matches, so the rows are found by their ids whatever the statistics
+        # say. With statistics from when few jobs were queued (a fresh table, or an
+        # ANALYZE between bursts), PostgreSQL read every queued and running row through
+        # ix_jobs_claim and ix_jobs_lease for each batch instead: 2.4 ms per 100 jobs
+        # with 20,000 queued, where 100 lookups by id take ~0.3 ms.
+        status = jobs.c.status.concat(literal_column("''"))
         pick = (
             select(
                 jobs.c.seq, jobs.c.status, jobs.c.lease_owner, jobs.c.attempts, jobs.c.started_at
             )
             .where(
                 self._among(jobs.c.id, "p_ids"),
-                (jobs.c.status == "queued")
-                | ((jobs.c.status == "running") & (jobs.c.lease_expires_at < bindparam("p_now"))),
+                (status == "queued")
+                | ((status == "running") & (jobs.c.lease_expires_at < bindparam("p_now"))),
             )
             .order_by(jobs.c.seq)
         )
@@ -1070,14 +1122,20 @@ class SQLJobStore(_SQLPart):
                         ended_batches.add(in_batch[o.job_id])
                 (records if ok else dropped).append(_attempt_params(seq, o, ok))
             for kind, params in changes.items():
-                if params:
+                if not params:
+                    continue
+                if kind == "completed" and self.dialect == "postgresql":
+                    # One statement for the batch (an executemany runs one UPDATE per job
+                    # in the server: ~25 % more of its CPU for the same rows).
+                    await conn.execute(_COMPLETE_ALL_PG, _columns(params, _COMPLETE_ARRAYS))
+                else:
                     await conn.execute(_CHANGE_STATEMENTS[kind], params)
             if hooked:
                 await _announce(conn, changes, hooked)
             if records:
-                await conn.execute(self._attempts_upsert(keep_applied=False), records)
+                await self._upsert_attempts(conn, records, keep_applied=False)
             if dropped:
-                await conn.execute(self._attempts_upsert(keep_applied=True), dropped)
+                await self._upsert_attempts(conn, dropped, keep_applied=True)
             if changes["retry"] and enqueue is not None:
                 requeued = [p["b_seq"] for p in changes["retry"]]
                 rows = (await conn.execute(select(jobs).where(jobs.c.seq.in_(requeued)))).all()
@@ -1104,6 +1162,22 @@ class SQLJobStore(_SQLPart):
         if self.dialect == "postgresql":
             pick = pick.with_for_update(of=jobs)
         return pick
+
+    async def _upsert_attempts(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], *, keep_applied: bool
+    ) -> None:
+        """Write attempt records, each replacing an earlier record of the same attempt (a
+        dropped duplicate never replaces one that took effect: ``keep_applied``), as if
+        written one after the other. PostgreSQL: one statement over arrays (as an
+        executemany it ran one INSERT per job: 20,000 of them for 20,000 jobs)."""
+        if self.dialect != "postgresql" or len(rows) < 2:
+            await conn.execute(self._attempts_upsert(keep_applied=keep_applied), rows)
+            return
+        # One statement may not change a row twice: the last record of an attempt wins,
+        # as it would have written one after the other.
+        last = {(row["job_seq"], row["number"]): row for row in rows}
+        tail = _ATTEMPT_CONFLICT + (_KEEP_APPLIED if keep_applied else "")
+        await conn.execute(*_unnest_insert(job_attempts, list(last.values()), conn.dialect, tail))
 
     def _attempts_upsert(self, *, keep_applied: bool) -> Any:
         """INSERT of attempt records that replaces an earlier record of the same attempt,
@@ -1479,6 +1553,44 @@ _CHANGE_STATEMENTS: dict[str, Any] = {
         **_RELEASE_LEASE,
     ),
 }
+
+#: The attempt upsert's conflict clause over ``unnest`` (PostgreSQL; as in
+#: ``_build_attempts_upsert``).
+_ATTEMPT_CONFLICT = "ON CONFLICT (job_seq, number) DO UPDATE SET " + ", ".join(
+    f"{c.name} = excluded.{c.name}" for c in job_attempts.c if c.name not in ("job_seq", "number")
+)
+_KEEP_APPLIED = " WHERE job_attempts.outcome NOT IN ({})".format(
+    ", ".join(f"'{outcome}'" for outcome in _APPLIED)
+)
+
+#: The "completed" change of a whole batch in one UPDATE on PostgreSQL: the values as one
+#: array per column (:data:`_COMPLETE_ARRAYS`: parameter, ``_change_params`` key, type).
+_COMPLETE_ARRAYS = (
+    ("a_seq", "b_seq", "BIGINT"),
+    ("a_title", "b_title", "VARCHAR"),
+    ("a_suggestion", "b_suggestion", "TEXT"),
+    ("a_ended_at", "b_ended_at", "TIMESTAMPTZ"),
+    ("a_prompt_tokens", "b_prompt_tokens", "INTEGER"),
+    ("a_completion_tokens", "b_completion_tokens", "INTEGER"),
+)
+_COMPLETE_ALL_PG = text(
+    "UPDATE jobs SET status = 'completed', result_title = v.title, "  # noqa: S608 - constants
+    "result_suggestion = v.suggestion, error = NULL, error_class = NULL, "
+    "completed_at = v.ended_at, updated_at = v.ended_at, "
+    "prompt_tokens = jobs.prompt_tokens + v.prompt_tokens, "
+    "completion_tokens = jobs.completion_tokens + v.completion_tokens, "
+    "lease_owner = NULL, lease_expires_at = NULL FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {sql_type}[])" for name, _, sql_type in _COMPLETE_ARRAYS)
+    + ") AS v(seq, title, suggestion, ended_at, prompt_tokens, completion_tokens) "
+    "WHERE jobs.seq = v.seq"
+)
+
+
+def _columns(
+    rows: list[dict[str, Any]], arrays: tuple[tuple[str, str, str], ...]
+) -> dict[str, list[Any]]:
+    """``rows`` (parameter dicts) as one list per column, for an ``unnest`` statement."""
+    return {name: [row[key] for row in rows] for name, key, _ in arrays}
 
 
 async def _announce(

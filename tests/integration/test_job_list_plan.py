@@ -170,3 +170,37 @@ async def _index_sql(store: SQLStore, name: str) -> str:
         else:
             query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
         return str((await conn.execute(text(query), {"name": name})).scalar_one())
+
+
+async def test_starting_jobs_finds_them_by_id_whatever_the_statistics(store: SQLStore) -> None:
+    """The start batch's read finds its rows through the id index, not by reading every
+    queued or running job through the partial indexes, on a table never analyzed (a
+    burst into a new deployment, or with autovacuum off): without statistics PostgreSQL
+    guesses that few rows are queued and preferred ix_jobs_claim and ix_jobs_lease."""
+    org_id, _ = await _seed_org(store)
+    job_store = SQLJobStore(store)
+    created = []
+    for _ in range(30):
+        created += await job_store.create_jobs(
+            [NewJob(str(uuid.uuid4()), org_id, "a", 1, "p", [], 3) for _ in range(1000)]
+        )
+    captured = _capture(
+        store.engine, lambda s: "SELECT jobs.seq, jobs.status, jobs.lease_owner" in s
+    )
+    started = await job_store.start_jobs([j.id for j in created[:100]], "w1", 30)
+    assert [j.id for j in started] == [j.id for j in created[:100]]
+    assert all(j.status == "running" for j in started)
+    plan = await _plan(store.engine, *captured[0])
+    assert "ix_jobs_claim" not in plan, plan
+    assert "ix_jobs_lease" not in plan, plan
+    if store.engine.dialect.name == "postgresql":
+        assert "uq_jobs_id" in plan, plan
+
+
+async def _seed_org(store: SQLStore) -> tuple[str, str]:
+    org_id = str(uuid.uuid4())
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            insert(organizations), [{"id": org_id, "name": "a", "created_at": datetime.now(UTC)}]
+        )
+    return org_id, "a"

@@ -966,3 +966,62 @@ async def test_retry_job_requeues_a_cancelled_job(jobs: SQLJobStore, org: Organi
 
     assert (retried.status, retried.error, retried.completed_at) == ("queued", None, None)
     assert (await claim_one(jobs)).id == created.id
+
+
+async def test_jobs_created_together_read_back_as_given(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    """Several jobs in one call (one statement of arrays on PostgreSQL, not one of rows)
+    store every field as given: nested and non-ASCII inputs, priorities, and ranks in order."""
+    inputs = [
+        [{"id": "topic", "value": ["bread"]}],
+        [
+            {"id": "topic", "value": ["crème brûlée", "日本"]},
+            {"id": "n", "value": [{"a": [1, None]}]},
+        ],
+        [],
+    ]
+    news = [
+        replace(new_job(org, priority=p, max_attempts=m), inputs=i)
+        for i, p, m in zip(inputs, [0, 2, -1], [1, 3, 5], strict=True)
+    ]
+    created = await jobs.create_jobs(news)
+    ranks = [job.fair_rank for job in created]
+    assert ranks == sorted(ranks)
+    assert len(set(ranks)) == 3
+    for new, made in zip(news, created, strict=True):
+        stored = await jobs.get_job(org.id, new.id)
+        assert stored == made
+        assert (stored.inputs, stored.priority, stored.max_attempts) == (
+            new.inputs,
+            new.priority,
+            new.max_attempts,
+        )
+        assert (stored.status, stored.attempts, stored.org_id, stored.agent_id) == (
+            "queued",
+            0,
+            org.id,
+            AGENT,
+        )
+
+
+async def test_one_batch_may_hold_the_same_attempt_twice(
+    jobs: SQLJobStore, org: Organization
+) -> None:
+    """Two records of one attempt in one batch (a late result delivered twice) are written
+    as if one after the other: the batch goes through and the last record stays."""
+    await create(jobs, org, 1)
+    stale = await claim_one(jobs, "w1", 0.01)
+    await asyncio.sleep(0.05)
+    await jobs.reap_expired()
+    current = await claim_one(jobs, "w2")
+    done = outcome(current, "completed", title="Done")
+    first_late = outcome(stale, "failed", error="first", ended_at=now())
+    second_late = replace(first_late, error="second", ended_at=now() + timedelta(seconds=1))
+    assert await jobs.finish_attempts([first_late, done, second_late]) == [False, True, False]
+    attempts = await jobs.list_attempts(current.id)
+    assert [(a.number, a.outcome, a.error) for a in attempts] == [
+        (1, "failed_dropped", "second"),
+        (2, "completed", None),
+    ]
+    assert attempts[0].ended_at == second_late.ended_at
