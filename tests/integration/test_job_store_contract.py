@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
 
 from copydesk.errors import JobNotFound, JobNotRetryable
 from copydesk.store import Job, NewJob, Organization, Outcome
 from copydesk.stores import tables
 from copydesk.stores.sql import SQLJobStore, SQLStore
+from copydesk.stores.tables import _sqlite_text
 
 AGENT = "agent-1"
 PROVIDER = "fake"
@@ -1025,3 +1026,35 @@ async def test_one_batch_may_hold_the_same_attempt_twice(
         (2, "completed", None),
     ]
     assert attempts[0].ended_at == second_late.ended_at
+
+
+async def test_a_batchs_outcomes_store_their_times_as_single_writes_do(
+    jobs: SQLJobStore, org: Organization, store: SQLStore
+) -> None:
+    """Outcome batches go to the driver as plain rows (SQLite) or arrays (PostgreSQL): the
+    times they store read back as given, and on SQLite as the same text a single write
+    stores (what every other query compares against)."""
+    created = await create(jobs, org, 3)
+    claimed = await jobs.claim_jobs(PROVIDER, 3, "w1", 30)
+    assert len(claimed) == 3
+    ended = [now() + timedelta(seconds=i, microseconds=i) for i in range(3)]
+    done = [
+        outcome(job, "completed", title=f"t{i}", ended_at=ended[i]) for i, job in enumerate(claimed)
+    ]
+    assert await jobs.finish_attempts(done) == [True, True, True]
+    for job, end in zip(claimed, ended, strict=True):
+        stored = await jobs.get_job(org.id, job.id)
+        assert stored is not None
+        assert (stored.status, stored.completed_at, stored.lease_owner) == ("completed", end, None)
+        [attempt] = await jobs.list_attempts(job.id)
+        assert (attempt.outcome, attempt.ended_at) == ("completed", end)
+    if store.engine.dialect.name == "sqlite":
+        async with store.engine.connect() as conn:
+            texts = (
+                await conn.execute(
+                    select(func.cast(tables.jobs.c.completed_at, String())).where(
+                        tables.jobs.c.id.in_([j.id for j in created])
+                    )
+                )
+            ).scalars()
+            assert sorted(texts) == sorted(_sqlite_text(end) for end in ended)
