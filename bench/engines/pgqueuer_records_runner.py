@@ -22,10 +22,8 @@ SQLAlchemy, no Job objects, no prompt, no provider, no flow control and no webho
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import socket
 import sys
 import uuid
@@ -35,7 +33,8 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from pgqueuer.models import Job as PgJob
 
-from bench.engines.common import CHUNK, PG_DSN, READY, Worker, python, reset_pg_database, spawn
+from bench.engines.common import CHUNK, PG_DSN, Worker, python, reset_pg_database, spawn
+from bench.engines.pgqueuer_runner import serve
 
 ENTRYPOINT = "copydesk.echo"
 LEASE = timedelta(seconds=30)
@@ -181,11 +180,7 @@ def main() -> None:
             if row is not None:
                 writer.submit_nowait(row)  # the no-op's outcome, written in the next batch
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, qm.shutdown.set)
-        print(READY, flush=True)
-        await qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+        await serve(qm, concurrency)  # the plain runner's settings
         await starter.stop()
         await writer.stop()
         for c in (conn, starts, finishes):

@@ -69,14 +69,20 @@ def main() -> None:
         async def noop(job: Job) -> None:
             return None
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, qm.shutdown.set)
-        print(READY, flush=True)
-        await qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+        await serve(qm, concurrency)
         await conn.close()
 
     uvloop.run(run())
+
+
+async def serve(qm: QueueManager, concurrency: int) -> None:
+    """Say ready and run ``qm`` with this runner's settings until SIGTERM or SIGINT (the
+    ``pgqueuer+records`` bound runs its manager through here too)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, qm.shutdown.set)
+    print(READY, flush=True)
+    await qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
 
 
 if __name__ == "__main__":
