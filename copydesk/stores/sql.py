@@ -16,13 +16,17 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Integer,
     Select,
+    String,
     Table,
+    Text,
     and_,
     any_,
     bindparam,
     case,
+    column,
     delete,
     event,
     func,
@@ -67,6 +71,7 @@ from copydesk.stores.completion import complete_batches
 from copydesk.stores.outbox import has_endpoints
 from copydesk.stores.tables import (
     ACTIVE_SQL,
+    UTCDateTime,
     agent_versions,
     agents,
     api_keys,
@@ -189,15 +194,15 @@ async def _executemany(conn: AsyncConnection, statement: Any, rows: list[dict[st
     await driver.executemany(sql, values)
 
 
-#: ``_compiled_sqlite``'s results, per statement.
-_SQLITE_COMPILED: dict[int, tuple[Any, str, list[tuple[str, Any, Any]]]] = {}
+#: ``_compiled_sqlite``'s results, per (prebuilt, so never freed) statement.
+_SQLITE_COMPILED: dict[Any, tuple[str, list[tuple[str, Any, Any]]]] = {}
 
 
 def _compiled_sqlite(statement: Any, dialect: Any) -> tuple[str, list[tuple[str, Any, Any]]]:
     """A prebuilt statement's SQLite text, and for each ``?`` in it: the parameter's name,
     its value when the statement carries one, and its bind processor (or None)."""
-    cached = _SQLITE_COMPILED.get(id(statement))
-    if cached is None or cached[0] is not statement:
+    cached = _SQLITE_COMPILED.get(statement)
+    if cached is None:
         compiled = statement.compile(dialect=dialect)
         if compiled.post_compile_params:  # an expanding IN: its text depends on the rows
             raise ValueError("_executemany takes statements without expanding parameters")
@@ -205,8 +210,8 @@ def _compiled_sqlite(statement: Any, dialect: Any) -> tuple[str, list[tuple[str,
         order = [
             (name, compiled.params.get(name), processors.get(name)) for name in compiled.positiontup
         ]
-        cached = _SQLITE_COMPILED[id(statement)] = (statement, compiled.string, order)
-    return cached[1], cached[2]
+        cached = _SQLITE_COMPILED[statement] = (compiled.string, order)
+    return cached
 
 
 async def count_and_page(
@@ -1168,7 +1173,7 @@ class SQLJobStore(_SQLPart):
                 if kind == "completed" and self.dialect == "postgresql":
                     # One statement for the batch (an executemany runs one UPDATE per job
                     # in the server: ~25 % more of its CPU for the same rows).
-                    await conn.execute(_COMPLETE_ALL_PG, _columns(params, _COMPLETE_ARRAYS))
+                    await conn.execute(_COMPLETE_ALL_PG, _completed_arrays(params))
                 else:
                     await _executemany(conn, _CHANGE_STATEMENTS[kind], params)
             if hooked:
@@ -1558,21 +1563,41 @@ _RUNNING: dict[str, Any] = {
     "started_at": bindparam("p_now"),
     "updated_at": bindparam("p_now"),
 }
+#: What a ``completed`` outcome carries (``_change_params``' ``b_`` keys) and its types.
+_COMPLETED_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("seq", BigInteger()),
+    ("title", String()),
+    ("suggestion", Text()),
+    ("ended_at", UTCDateTime()),
+    ("prompt_tokens", Integer()),
+    ("completion_tokens", Integer()),
+)
+
+
+def _completed(source: Any) -> Any:
+    """The UPDATE of a ``completed`` outcome, its values read from ``source`` (by field
+    name): the one definition of what it writes, for one job's bind parameters or for a
+    batch's arrays."""
+    return (
+        update(jobs)
+        .where(jobs.c.seq == source["seq"])
+        .values(
+            status="completed",
+            result_title=source["title"],
+            result_suggestion=source["suggestion"],
+            error=None,
+            error_class=None,
+            completed_at=source["ended_at"],
+            updated_at=source["ended_at"],
+            prompt_tokens=jobs.c.prompt_tokens + source["prompt_tokens"],
+            completion_tokens=jobs.c.completion_tokens + source["completion_tokens"],
+            **_RELEASE_LEASE,
+        )
+    )
+
+
 _CHANGE_STATEMENTS: dict[str, Any] = {
-    "completed": update(jobs)
-    .where(jobs.c.seq == bindparam("b_seq"))
-    .values(
-        status="completed",
-        result_title=bindparam("b_title"),
-        result_suggestion=bindparam("b_suggestion"),
-        error=None,
-        error_class=None,
-        completed_at=bindparam("b_ended_at"),
-        updated_at=bindparam("b_ended_at"),
-        prompt_tokens=jobs.c.prompt_tokens + bindparam("b_prompt_tokens"),
-        completion_tokens=jobs.c.completion_tokens + bindparam("b_completion_tokens"),
-        **_RELEASE_LEASE,
-    ),
+    "completed": _completed({name: bindparam(f"b_{name}") for name, _ in _COMPLETED_FIELDS}),
     "retry": update(jobs)
     .where(jobs.c.seq == bindparam("b_seq"))
     .values(
@@ -1604,34 +1629,21 @@ _KEEP_APPLIED = " WHERE job_attempts.outcome NOT IN ({})".format(
     ", ".join(f"'{outcome}'" for outcome in _APPLIED)
 )
 
-#: The "completed" change of a whole batch in one UPDATE on PostgreSQL: the values as one
-#: array per column (:data:`_COMPLETE_ARRAYS`: parameter, ``_change_params`` key, type).
-_COMPLETE_ARRAYS = (
-    ("a_seq", "b_seq", "BIGINT"),
-    ("a_title", "b_title", "VARCHAR"),
-    ("a_suggestion", "b_suggestion", "TEXT"),
-    ("a_ended_at", "b_ended_at", "TIMESTAMPTZ"),
-    ("a_prompt_tokens", "b_prompt_tokens", "INTEGER"),
-    ("a_completion_tokens", "b_completion_tokens", "INTEGER"),
-)
-_COMPLETE_ALL_PG = text(
-    "UPDATE jobs SET status = 'completed', result_title = v.title, "  # noqa: S608 - constants
-    "result_suggestion = v.suggestion, error = NULL, error_class = NULL, "
-    "completed_at = v.ended_at, updated_at = v.ended_at, "
-    "prompt_tokens = jobs.prompt_tokens + v.prompt_tokens, "
-    "completion_tokens = jobs.completion_tokens + v.completion_tokens, "
-    "lease_owner = NULL, lease_expires_at = NULL FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {sql_type}[])" for name, _, sql_type in _COMPLETE_ARRAYS)
-    + ") AS v(seq, title, suggestion, ended_at, prompt_tokens, completion_tokens) "
-    "WHERE jobs.seq = v.seq"
+#: The "completed" changes of a whole batch in one UPDATE on PostgreSQL: the values as one
+#: array per field (``a_<field>``), joined to the jobs through ``unnest``.
+_COMPLETE_ALL_PG = _completed(
+    func.unnest(*(bindparam(f"a_{name}", type_=ARRAY(type_)) for name, type_ in _COMPLETED_FIELDS))
+    .table_valued(*(column(name, type_) for name, type_ in _COMPLETED_FIELDS))
+    .render_derived(name="v")
+    .c
 )
 
 
-def _columns(
-    rows: list[dict[str, Any]], arrays: tuple[tuple[str, str, str], ...]
-) -> dict[str, list[Any]]:
-    """``rows`` (parameter dicts) as one list per column, for an ``unnest`` statement."""
-    return {name: [row[key] for row in rows] for name, key, _ in arrays}
+def _completed_arrays(changes: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A batch's ``completed`` changes as the arrays of :data:`_COMPLETE_ALL_PG`."""
+    return {
+        f"a_{name}": [change[f"b_{name}"] for change in changes] for name, _ in _COMPLETED_FIELDS
+    }
 
 
 async def _announce(
