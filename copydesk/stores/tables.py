@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 
+from copydesk.jobs import ACTIVE
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -37,7 +39,13 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 #: A job still to run (``copydesk.jobs.ACTIVE``), as a partial index's predicate. A query
 #: meant to use such an index says it in these words: SQLite uses a partial index only
 #: when the query's WHERE holds the index's terms as written.
-ACTIVE_SQL = "status IN ('queued', 'running')"
+ACTIVE_SQL = "status IN ({})".format(", ".join(f"'{status}'" for status in ACTIVE))
+
+
+def _where(predicate: str) -> dict[str, Any]:
+    """A partial index's predicate, the same on both dialects."""
+    return {"postgresql_where": text(predicate), "sqlite_where": text(predicate)}
+
 
 # SQLite's INTEGER PRIMARY KEY is the rowid (auto-increment); PostgreSQL gets BIGINT identity.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -199,8 +207,7 @@ jobs = Table(
     Index(
         "ix_jobs_batch_active",
         "batch_id",
-        postgresql_where=text(f"{ACTIVE_SQL} AND batch_id IS NOT NULL"),
-        sqlite_where=text(f"{ACTIVE_SQL} AND batch_id IS NOT NULL"),
+        **_where(f"{ACTIVE_SQL} AND batch_id IS NOT NULL"),
     ),
     # J3: an application's jobs, newest first, with and without a status filter.
     Index("ix_jobs_org_id_agent_id_seq", "org_id", "agent_id", "seq"),
@@ -212,21 +219,18 @@ jobs = Table(
         "ix_jobs_active_org_id_fair_rank",
         "org_id",
         "fair_rank",
-        postgresql_where=text(ACTIVE_SQL),
-        sqlite_where=text(ACTIVE_SQL),
+        **_where(ACTIVE_SQL),
     ),
     Index(
         "ix_jobs_queued_fair_rank",
         "fair_rank",
-        postgresql_where=text("status = 'queued'"),
-        sqlite_where=text("status = 'queued'"),
+        **_where("status = 'queued'"),
     ),
     # Reaping expired leases: only running rows.
     Index(
         "ix_jobs_lease",
         "lease_expires_at",
-        postgresql_where=text("status = 'running'"),
-        sqlite_where=text("status = 'running'"),
+        **_where("status = 'running'"),
     ),
 )
 
@@ -240,8 +244,7 @@ Index(
     jobs.c.priority.desc(),
     jobs.c.fair_rank,
     jobs.c.seq,
-    postgresql_where=text("status = 'queued'"),
-    sqlite_where=text("status = 'queued'"),
+    **_where("status = 'queued'"),
 )
 
 job_attempts = Table(
@@ -299,8 +302,7 @@ files = Table(
     Index(
         "ix_files_pending",
         "seq",
-        postgresql_where=text("status = 'in_progress'"),
-        sqlite_where=text("status = 'in_progress'"),
+        **_where("status = 'in_progress'"),
     ),
 )
 
@@ -389,7 +391,6 @@ webhook_deliveries = Table(
     Index(
         "ix_webhook_deliveries_due",
         "next_attempt_at",
-        postgresql_where=text("status = 'pending'"),
-        sqlite_where=text("status = 'pending'"),
+        **_where("status = 'pending'"),
     ),
 )
