@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from bench.engines.common import machine_busy_s
+from bench.engines.pgqueuer_records_runner import ATTEMPTS, COMPLETE
 from bench.procs import ROOT, fresh_database
 from copydesk.migrations import upgrade_to_head
 from copydesk.store import NewJob, Outcome
@@ -127,9 +128,10 @@ _PICK = (
 
 
 async def raw_floor(url: str, count: int, batch: int) -> dict[str, Any]:
-    """The same store calls as :func:`floor` (the same statements, schema and batches),
-    sent straight through the driver (sqlite3, asyncpg) with no SQLAlchemy and no Job
-    objects: what the database and driver alone cost per job."""
+    """The same store calls as :func:`floor` (the same statements, schema and batches;
+    on PostgreSQL a batch's outcomes and attempt records are one statement each over
+    arrays, as the store sends them), straight through the driver (sqlite3, asyncpg) with
+    no SQLAlchemy and no Job objects: what the database and driver alone cost per job."""
     _, store = await _stored(url, count)
     await store.close()
     if url.startswith("postgresql"):
@@ -177,8 +179,6 @@ async def _raw_postgres(url: str, count: int, batch: int, loops: int = 4) -> dic
     picked = _PICKED.format(p="$5") + " FOR UPDATE SKIP LOCKED"
     take = _TAKE.format(p="{}", picked="SELECT seq FROM picked")
     claim = f"WITH picked AS ({picked}) " + take.format(*(f"${i}" for i in range(1, 5)))
-    complete = _COMPLETE.format(p="{}").format(*(f"${i}" for i in range(1, 8)))
-    attempt = _ATTEMPT.format(p="{}").format(*(f"${i}" for i in range(1, 6)))
     pick = _PICK.format(among="id = ANY($1::varchar[])") + " FOR UPDATE OF jobs"
     connections = [await asyncpg.connect(dsn) for _ in range(loops)]
 
@@ -192,10 +192,12 @@ async def _raw_postgres(url: str, count: int, batch: int, loops: int = 4) -> dic
                 return done
             async with conn.transaction():
                 await conn.fetch(pick, [r["id"] for r in rows])
-                await conn.executemany(
-                    complete, [(now, now, "t", "s", 1, 1, r["seq"]) for r in rows]
+                # One statement each over arrays, as SQLJobStore sends them here.
+                seqs = [r["seq"] for r in rows]
+                await conn.execute(COMPLETE, seqs, now, "floor")
+                await conn.execute(
+                    ATTEMPTS, seqs, [r["attempts"] for r in rows], "floor", now, [now] * len(rows)
                 )
-                await conn.executemany(attempt, [(r["seq"], 1, "floor", now, now) for r in rows])
             done += len(rows)
 
     busy, started = machine_busy_s(), time.perf_counter()

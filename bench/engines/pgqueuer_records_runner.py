@@ -39,6 +39,8 @@ from bench.engines.pgqueuer_runner import serve
 ENTRYPOINT = "copydesk.echo"
 LEASE = timedelta(seconds=30)
 
+#: The rows Copydesk keeps, in their cheapest form (``bench.record_floor`` sends the same
+#: outcome statements on PostgreSQL).
 _INSERT = (
     "INSERT INTO jobs (id, org_id, agent_id, agent_version, provider, inputs, status, "
     "priority, fair_rank, attempts, max_attempts, available_at, created_at, updated_at, "
@@ -46,20 +48,20 @@ _INSERT = (
     "0, rank, 0, 3, $4, $4, $4, 0, 0 FROM unnest($1::varchar[], $3::json[], $5::bigint[]) "
     "AS v(id, inputs, rank)"
 )
-_START = (
+START = (
     "UPDATE jobs SET status = 'running', lease_owner = $2, lease_expires_at = $3, "
     "attempts = attempts + 1, started_at = $4, updated_at = $4 "
     "WHERE id = ANY($1::varchar[]) AND status || '' = 'queued' "
     "RETURNING id, seq, attempts, started_at"
 )
-_COMPLETE = (
+COMPLETE = (
     "UPDATE jobs SET status = 'completed', result_title = 'echo', result_suggestion = 'ping', "
     "error = NULL, error_class = NULL, completed_at = $2, updated_at = $2, "
     "prompt_tokens = prompt_tokens + 1, completion_tokens = completion_tokens + 1, "
     "lease_owner = NULL, lease_expires_at = NULL FROM unnest($1::bigint[]) AS v(seq) "
     "WHERE jobs.seq = v.seq AND jobs.status || '' = 'running' AND jobs.lease_owner = $3"
 )
-_ATTEMPTS = (
+ATTEMPTS = (
     "INSERT INTO job_attempts (job_seq, number, worker, started_at, ended_at, outcome, "
     "prompt_tokens, completion_tokens) SELECT seq, number, $3, started, $4, 'completed', 1, 1 "
     "FROM unnest($1::bigint[], $2::int[], $5::timestamptz[]) AS v(seq, number, started)"
@@ -149,7 +151,7 @@ def main() -> None:
 
         async def start(ids: list[str]) -> list[asyncpg.Record | None]:
             now = datetime.now(UTC)
-            rows = await starts.fetch(_START, ids, owner, now + LEASE, now)
+            rows = await starts.fetch(START, ids, owner, now + LEASE, now)
             by_id = {r["id"]: r for r in rows}
             return [by_id.pop(i, None) for i in ids]
 
@@ -157,9 +159,9 @@ def main() -> None:
             now = datetime.now(UTC)
             seqs = [r["seq"] for r in done]
             async with finishes.transaction():
-                await finishes.execute(_COMPLETE, seqs, now, owner)
+                await finishes.execute(COMPLETE, seqs, now, owner)
                 await finishes.execute(
-                    _ATTEMPTS,
+                    ATTEMPTS,
                     seqs,
                     [r["attempts"] for r in done],
                     owner,
