@@ -177,7 +177,7 @@ async def test_starting_jobs_finds_them_by_id_whatever_the_statistics(store: SQL
     queued or running job through the partial indexes, on a table never analyzed (a
     burst into a new deployment, or with autovacuum off): without statistics PostgreSQL
     guesses that few rows are queued and preferred ix_jobs_claim and ix_jobs_lease."""
-    org_id, _ = await _seed_org(store)
+    org_id = (await store.create_organization("a")).id
     job_store = SQLJobStore(store)
     created = []
     for _ in range(30):
@@ -195,12 +195,3 @@ async def test_starting_jobs_finds_them_by_id_whatever_the_statistics(store: SQL
     assert "ix_jobs_lease" not in plan, plan
     if store.engine.dialect.name == "postgresql":
         assert "uq_jobs_id" in plan, plan
-
-
-async def _seed_org(store: SQLStore) -> tuple[str, str]:
-    org_id = str(uuid.uuid4())
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            insert(organizations), [{"id": org_id, "name": "a", "created_at": datetime.now(UTC)}]
-        )
-    return org_id, "a"
