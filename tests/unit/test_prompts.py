@@ -138,3 +138,16 @@ def test_sandbox_still_allows_small_arithmetic_and_repetition() -> None:
         {"name": "ok", "prompt": "{{ 3 * 4 }} {{ 2 ** 10 }} {{ 'ab' * 3 }}"}, "ok.yaml"
     )
     assert render_prompt(spec, {}) == "12 1024 ababab"
+
+
+def test_renders_share_the_globals_but_not_what_a_template_sets() -> None:
+    # Each render gets its own context: a name one render sets (or shadows) is gone in the
+    # next, and the environment's globals (range, namespace) are there every time.
+    prompt = (
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + 1 %}"
+        "{% endfor %}{{ ns.n }}{% set range = tone %}{{ range }}"
+    )
+    first = render(prompt, topics=["x"], tone=["dry"])
+    second = render(prompt, topics=["x"], tone=["warm"])
+
+    assert (first, second) == ("3dry", "3warm")
