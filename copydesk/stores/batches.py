@@ -29,6 +29,7 @@ from copydesk.stores.sql import (
     SQLJobStore,
     _job,
     _job_from_dict,
+    _jobs,
     _SQLPart,
     count_and_page,
     insert_jobs,
@@ -302,7 +303,7 @@ class SQLBatchStore(_SQLPart):
                     .values(status="in_progress", completed_at=None, updated_at=now)
                 )
                 if enqueue is not None:
-                    requeued: list[Job] = [_job(r) for r in rows]
+                    requeued: list[Job] = _jobs(rows)
                     for start in range(0, len(requeued), INSERT_CHUNK):
                         await enqueue(conn, requeued[start : start + INSERT_CHUNK])
         return len(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -87,6 +88,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return _sqlite_datetime
 
 
+# Both conversions are cached: the times of a batch's rows are mostly the same few values
+# (one claim's start and lease, one insert's creation time, one outcome batch's end), and a
+# lookup costs a tenth of a conversion. Equal instants in other zones give the same UTC
+# text, so keying the text by the datetime is exact; a naive one raises and is not cached.
+
+
+@lru_cache(maxsize=4096)
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -98,6 +106,7 @@ def _sqlite_text(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+@lru_cache(maxsize=4096)
 def _sqlite_datetime(value: str | None) -> datetime | None:
     if value is None:
         return None

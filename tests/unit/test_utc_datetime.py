@@ -49,3 +49,22 @@ def test_a_naive_datetime_is_refused_on_every_dialect() -> None:
         bind = UTCDateTime().bind_processor(dialect)
         with pytest.raises(ValueError, match="naive"):
             bind(naive) if bind else UTCDateTime().process_bind_param(naive, dialect)
+
+
+def test_the_cached_conversions_answer_each_value_as_a_fresh_one_would() -> None:
+    # The same instant in three zones, converted one after the other: the text of the
+    # first (cached) is right for the others, and a naive time with the same wall clock
+    # is still refused (an error is never cached).
+    dialect = sqlite.dialect()
+    bind = UTCDateTime().bind_processor(dialect)
+    result = UTCDateTime().result_processor(dialect, None)
+    utc = datetime(2026, 12, 6, 21, 0, 0, 5, tzinfo=UTC)
+    zones = [utc, utc.astimezone(timezone(timedelta(hours=1))), utc.astimezone(timezone.min)]
+
+    texts = [bind(value) for value in zones]
+
+    assert texts == ["2026-12-06 21:00:00.000005"] * 3
+    with pytest.raises(ValueError, match="naive"):
+        bind(utc.replace(tzinfo=None))
+    assert result(texts[0]) is result(texts[1])  # one parse, shared (datetimes are immutable)
+    assert result(texts[0]).tzinfo is UTC
