@@ -36,7 +36,7 @@ from bench.engines.common import ROOT, Measurement, Runner, measure
 RESULTS = ROOT / "bench" / "results"
 COPYDESK = ("copydesk-embedded", "copydesk-postgres")
 #: Rows that bound a Copydesk row instead of competing with it: never the fastest peer.
-BOUNDS = ("pgqueuer+records",)
+BOUNDS = ("pgqueuer+records", "sqlite+records", "sqlite+records+prompt")
 
 
 def _copydesk(database: str) -> Callable[[], Runner]:
@@ -65,6 +65,8 @@ SYSTEMS: dict[str, Callable[[], Runner]] = {
     "procrastinate": _peer("procrastinate_runner", "ProcrastinateRunner"),
     "pgqueuer": _peer("pgqueuer_runner", "PgQueuerRunner"),
     "pgqueuer+records": _peer("pgqueuer_records_runner", "PgQueuerRecordsRunner"),
+    "sqlite+records": _peer("sqlite_records_runner", "SqliteRecordsRunner"),
+    "sqlite+records+prompt": _peer("sqlite_records_runner", "PromptRenderRunner"),
 }
 VERSIONS = ["copydesk", "celery", "arq", "saq", "procrastinate", "pgqueuer", "redis", "asyncpg"]
 
