@@ -7,9 +7,12 @@ Copydesk runs its real stack (``copydesk worker``, the deterministic ``echo`` pr
 on SQLite with the embedded engine and on PostgreSQL with the PgQueuer engine. The
 peers are Celery (Redis broker), arq and SAQ (asyncio on Redis), procrastinate and
 PgQueuer (PostgreSQL). Each row's ratio is its jobs/s over the fastest peer's.
-``pgqueuer+records`` is not a peer but a bound for ``copydesk-postgres``: plain PgQueuer
-plus the rows Copydesk keeps per job, written straight through the driver
-(``bench/engines/pgqueuer_records_runner.py``).
+Three rows are not peers but bounds, never ranked: ``pgqueuer+records`` for
+``copydesk-postgres`` (plain PgQueuer plus the rows Copydesk keeps per job, written
+straight through the driver: ``bench/engines/pgqueuer_records_runner.py``), and
+``sqlite+records`` / ``sqlite+records+prompt`` for ``copydesk-embedded`` (Copydesk's SQLite
+rows per job straight through ``sqlite3``, the second also rendering each job's prompt:
+``bench/engines/sqlite_records_runner.py``).
 
     python -m bench.engine_overhead                 # N = 20000
     python -m bench.engine_overhead --quick         # N = 2000

@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -146,19 +148,69 @@ def run_one(
         stats = httpx.get(f"{llm_url}/_stats").json()
         for line in api.errors() + (worker.errors() if deployment == "postgres" else []):
             print("  worker said:", line.rstrip()[:300])
-        arrivals = sorted(stats.get("arrivals") or [])
-        per_second: dict[int, int] = {}
-        for at in arrivals:
-            second = int(at - arrivals[0])
-            per_second[second] = per_second.get(second, 0) + 1
+    return _row(deployment, jobs, concurrency, latency, stats, wall, started_at, cpu, peak_rss) | {
+        "submitted_via": via,
+        "submit_s": round(submit_s, 2),
+    }
+
+
+#: The bound row (``bench/saturation_client.py``): the provider's calls alone.
+BOUND = "provider-only"
+
+
+def run_bound(jobs: int, concurrency: int, latency: float) -> dict[str, Any]:
+    """The same calls against the same fake server, straight from the provider adapter."""
+    with ExitStack() as stack:
+        llm, llm_url = fake_llm("--latency", str(latency))
+        stack.callback(llm.stop)
+        args = [sys.executable, "-m", "bench.saturation_client", f"{llm_url}/v1"]
+        done = subprocess.run(
+            [*args, str(jobs), str(concurrency)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=jobs / concurrency * latency * 5 + 60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{BOUND} failed: {done.stderr[-2000:]}")
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        stats = httpx.get(f"{llm_url}/_stats").json()
+    row = _row(
+        BOUND,
+        jobs,
+        concurrency,
+        latency,
+        stats,
+        measured["wall_s"],
+        measured["started_at"],
+        measured["cpu_s"],
+        measured["peak_rss_mb"],
+    )
+    return row | {"submitted_via": "-", "submit_s": 0.0}
+
+
+def _row(
+    deployment: str,
+    jobs: int,
+    concurrency: int,
+    latency: float,
+    stats: dict[str, Any],
+    wall: float,
+    started_at: float,
+    cpu: float,
+    peak_rss: float,
+) -> dict[str, Any]:
+    arrivals = sorted(stats.get("arrivals") or [])
+    per_second: dict[int, int] = {}
+    for at in arrivals:
+        second = int(at - arrivals[0])
+        per_second[second] = per_second.get(second, 0) + 1
     ideal = jobs / concurrency * latency
     return {
         "deployment": deployment,
         "jobs": jobs,
         "concurrency": concurrency,
         "latency_s": latency,
-        "submitted_via": via,
-        "submit_s": round(submit_s, 2),
         "wall_s": round(wall, 2),
         "ideal_s": round(ideal, 2),
         "wall_over_ideal": round(wall / ideal, 3),
@@ -192,7 +244,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--deployments", default="embedded,postgres")
+    parser.add_argument(
+        "--deployments",
+        default=f"embedded,postgres,{BOUND}",
+        help=f"comma-separated: embedded, postgres, {BOUND} (the provider's calls alone, a bound)",
+    )
     parser.add_argument(
         "--profile",
         help="py-spy the worker (raw stacks, native frames) into "
@@ -206,7 +262,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = [
-        run_one(
+        run_bound(args.jobs, args.concurrency, args.latency)
+        if d == BOUND
+        else run_one(
             d,
             args.jobs,
             args.concurrency,
