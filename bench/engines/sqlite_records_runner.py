@@ -16,7 +16,7 @@ no SQLAlchemy, no ``Job`` objects, no prompt, no provider, no flow control, no w
   batch writer without waiting (``OutcomeWriter.hand_over``): per batch, one transaction
   with the ``completed`` change and the attempt record of each job (``executemany``).
   The driver is called in the loop's own thread (no hop to a database thread), and when
-  the queue is empty the loop looks again after 5 ms (Copydesk: 1 s, or a wake-up);
+  the queue is empty the loop looks again after 5 ms (Copydesk: 0.2 s, or a wake-up);
 - completed: the jobs whose row says ``completed``.
 
 ``sqlite+records+prompt`` adds the one piece of per-job work no Copydesk can skip: each
