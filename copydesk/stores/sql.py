@@ -68,7 +68,7 @@ from copydesk.store import (
     Outcome,
     StoredFile,
 )
-from copydesk.stores import outbox
+from copydesk.stores import outbox, sqlite_driver
 from copydesk.stores.completion import complete_batches
 from copydesk.stores.outbox import has_endpoints
 from copydesk.stores.tables import (
@@ -253,7 +253,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An engine for ``url`` with the settings each dialect needs."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One hand-off to aiosqlite's thread per statement (stores/sqlite_driver.py).
+        connect_args = {"timeout": 30, "async_creator_fn": sqlite_driver.connect}
+        engine = create_async_engine(url, connect_args=connect_args)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping (a round trip per checkout, 7 % of a busy worker): a connection that
