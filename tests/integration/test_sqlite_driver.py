@@ -3,6 +3,7 @@ thread per statement, against a real SQLite file, through the engine the store u
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from copydesk.stores import sqlite_driver
-from copydesk.stores.sql import create_engine
+from copydesk.stores.sql import SQLITE_READERS, SQLStore, create_engine
 
 
 @pytest.fixture
@@ -96,3 +97,35 @@ async def test_a_failed_statement_raises_and_its_transaction_rolls_back(
     async with engine.connect() as conn:
         names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
     assert names == ["a"]  # 'b' went with the failed transaction
+
+
+async def test_sqlite_reads_run_a_few_at_a_time_and_a_nested_read_never_queues(
+    tmp_path: Path,
+) -> None:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite'}")
+    await store.open()
+    release = asyncio.Event()
+    inside = 0
+    most = 0
+
+    async def hold() -> None:
+        nonlocal inside, most
+        async with store._read() as conn:
+            inside += 1
+            most = max(most, inside)
+            await conn.execute(text("SELECT 1"))
+            await release.wait()
+            # Nested in a task that holds a reader slot: goes through at once.
+            async with store._read() as nested:
+                await nested.execute(text("SELECT 2"))
+            inside -= 1
+
+    try:
+        holders = [asyncio.create_task(hold()) for _ in range(SQLITE_READERS + 3)]
+        await asyncio.sleep(0.2)
+        assert inside == SQLITE_READERS  # the others wait for a slot, holding nothing
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*holders), 10)
+        assert most == SQLITE_READERS
+    finally:
+        await store.close()
