@@ -302,17 +302,8 @@ class SQLStore:
         meet SQLITE_BUSY and sleep in its busy handler (10-100 ms each), which made a
         loaded server's p99 seconds long. Nested use in one task does not wait on itself.
         Other processes still queue on the database lock (``busy_timeout``)."""
-        if self._writer is None or _HOLDS_WRITER.get():
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._writer:
-            token = _HOLDS_WRITER.set(True)
-            try:
-                async with self.engine.begin() as conn:
-                    yield conn
-            finally:
-                _HOLDS_WRITER.reset(token)
+        async with self._begin(self._writer, _HOLDS_WRITER, _HOLDS_WRITER.get()) as conn:
+            yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -323,17 +314,28 @@ class SQLStore:
         concurrent key lookups: 894-978 a second with 15 connections, 1,531-1,662 with 2).
         A task already holding a connection (a read, or the writer) never queues here, so
         a nested read cannot wait on its own task."""
-        if self._readers is None or _HOLDS_READER.get() or _HOLDS_WRITER.get():
+        nested = _HOLDS_READER.get() or _HOLDS_WRITER.get()
+        async with self._begin(self._readers, _HOLDS_READER, nested) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _begin(
+        self, gate: asyncio.Lock | asyncio.Semaphore | None, holds: ContextVar[bool], nested: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        """A transaction taken through ``gate`` (SQLite's writer lock or reader slots;
+        none on PostgreSQL), marking the task as holding it in ``holds`` meanwhile. A
+        ``nested`` one, in a task that already holds a connection, goes straight through."""
+        if gate is None or nested:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._readers:
-            token = _HOLDS_READER.set(True)
+        async with gate:
+            token = holds.set(True)
             try:
                 async with self.engine.begin() as conn:
                     yield conn
             finally:
-                _HOLDS_READER.reset(token)
+                holds.reset(token)
 
     # --- organisations and keys -----------------------------------------------------
 
