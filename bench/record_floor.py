@@ -20,9 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench.engines.common import machine_busy_s
+from bench.engines.common import agent_from, machine_busy_s
 from bench.engines.pgqueuer_records_runner import ATTEMPTS, COMPLETE
 from bench.procs import ROOT, fresh_database
 from copydesk.migrations import upgrade_to_head
@@ -212,14 +210,9 @@ def in_process(count: int) -> dict[str, Any]:
     """The per-job work outside the store that no job can skip, timed alone: the no-op
     agent's prompt rendered into a provider request, and one asyncio task handing a
     result back through a future (how a job runs beside the others)."""
-    from copydesk.agents import parse_agent
     from copydesk.generation import build_request
-    from copydesk.store import Agent
 
-    path = ROOT / "bench" / "engines" / "noop-agent.yaml"
-    spec = parse_agent(yaml.safe_load(path.read_text()), str(path))
-    now = utcnow()
-    agent = Agent(spec.id, "org", spec.name, "deployed", 1, spec, now, now, now)
+    agent = agent_from(ROOT / "bench" / "engines" / "noop-agent.yaml")
     values = [{"text": [f"item {i}"]} for i in range(count)]
     started = time.perf_counter()
     for v in values:

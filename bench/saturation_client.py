@@ -17,19 +17,16 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import uvloop
-import yaml
 
+from bench.engines.common import agent_from
 from bench.saturation import INPUTS
-from copydesk.agents import parse_agent
 from copydesk.config import ProviderSettings, Settings
 from copydesk.generation import build_request
 from copydesk.providers import openai_compat
-from copydesk.store import Agent
 
 AGENT_FILE = Path(__file__).resolve().parents[1] / "examples/agents/product-description.yaml"
 
@@ -40,9 +37,7 @@ async def run(url: str, jobs: int, concurrency: int) -> dict[str, float]:
     )
     provider = openai_compat.create("local", config, Settings())
     await provider.open()
-    spec = parse_agent(yaml.safe_load(AGENT_FILE.read_text()), str(AGENT_FILE))
-    now = datetime.now(UTC)
-    agent = Agent(spec.id or "agent", "org", spec.name, "deployed", 1, spec, now, now, now)
+    agent = agent_from(AGENT_FILE)
     values = {str(item["id"]): list(item["value"]) for item in INPUTS}
     request = build_request(agent, values, "fake")
     left = jobs

@@ -10,11 +10,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import psutil
+
+if TYPE_CHECKING:
+    from copydesk.store import Agent
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -164,6 +168,34 @@ async def reset_pg_database() -> None:
         await conn.execute(f'CREATE DATABASE "{PG_DB}"')
     finally:
         await conn.close()
+
+
+async def migrated_org(url: str) -> str:
+    """Copydesk's schema at ``url`` (its migrations) and an organisation ``bench``: its id.
+    For runners that write Copydesk's rows without Copydesk (the bounds)."""
+    from copydesk.migrations import upgrade_to_head
+    from copydesk.stores.sql import SQLStore
+
+    store = SQLStore(url)
+    await store.open()
+    try:
+        await upgrade_to_head(store.engine)
+        return (await store.create_organization("bench")).id
+    finally:
+        await store.close()
+
+
+def agent_from(path: Path) -> Agent:
+    """The agent defined in ``path`` as deployed version 1, for building its requests with
+    ``copydesk.generation.build_request``."""
+    import yaml
+
+    from copydesk.agents import parse_agent
+    from copydesk.store import Agent
+
+    spec = parse_agent(yaml.safe_load(path.read_text()), str(path))
+    now = datetime.now(UTC)
+    return Agent(spec.id or path.stem, "org", spec.name, "deployed", 1, spec, now, now, now)
 
 
 class Runner(Protocol):

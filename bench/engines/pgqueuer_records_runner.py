@@ -33,7 +33,15 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from pgqueuer.models import Job as PgJob
 
-from bench.engines.common import CHUNK, PG_DSN, Worker, python, reset_pg_database, spawn
+from bench.engines.common import (
+    CHUNK,
+    PG_DSN,
+    Worker,
+    migrated_org,
+    python,
+    reset_pg_database,
+    spawn,
+)
 from bench.engines.pgqueuer_runner import serve
 
 ENTRYPOINT = "copydesk.echo"
@@ -81,17 +89,8 @@ class PgQueuerRecordsRunner:
         self._rank = 0
 
     async def reset(self) -> None:
-        from copydesk.migrations import upgrade_to_head
-        from copydesk.stores.sql import SQLStore
-
         await reset_pg_database()
-        store = SQLStore(PG_DSN.replace("postgresql://", "postgresql+asyncpg://"))
-        await store.open()
-        try:
-            await upgrade_to_head(store.engine)
-            self._org = (await store.create_organization("bench")).id
-        finally:
-            await store.close()
+        self._org = await migrated_org(PG_DSN.replace("postgresql://", "postgresql+asyncpg://"))
         self._conn = await asyncpg.connect(PG_DSN)
         await Queries(AsyncpgDriver(self._conn)).install()
 

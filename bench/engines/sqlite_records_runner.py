@@ -40,7 +40,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.engines.common import CHUNK, READY, Worker, python, spawn
+from bench.engines.common import CHUNK, READY, Worker, agent_from, migrated_org, python, spawn
 from bench.record_floor import _ATTEMPT, _COMPLETE, _PICKED, _TAKE
 
 LEASE = timedelta(seconds=30)
@@ -91,17 +91,8 @@ class SqliteRecordsRunner:
         return str(self._dir / "copydesk.db")
 
     async def reset(self) -> None:
-        from copydesk.migrations import upgrade_to_head
-        from copydesk.stores.sql import SQLStore
-
         self._dir = Path(tempfile.mkdtemp(prefix="copydesk-bench-bound-"))
-        store = SQLStore(f"sqlite+aiosqlite:///{self._path}")
-        await store.open()
-        try:
-            await upgrade_to_head(store.engine)
-            self._org = (await store.create_organization("bench")).id
-        finally:
-            await store.close()
+        self._org = await migrated_org(f"sqlite+aiosqlite:///{self._path}")
         self._db = connect(self._path)
 
     def start_worker(self, concurrency: int) -> Worker:
@@ -158,16 +149,9 @@ class PromptRenderRunner(SqliteRecordsRunner):
 
 def _renderer() -> Callable[[str], object]:
     """Each job's inputs (its row's JSON) rendered into the no-op agent's request."""
-    import yaml
-
-    from copydesk.agents import parse_agent
     from copydesk.generation import build_request
-    from copydesk.store import Agent
 
-    path = Path(__file__).with_name("noop-agent.yaml")
-    spec = parse_agent(yaml.safe_load(path.read_text()), str(path))
-    now = datetime.now(UTC)
-    agent = Agent(spec.id, "org", spec.name, "deployed", 1, spec, now, now, now)
+    agent = agent_from(Path(__file__).with_name("noop-agent.yaml"))
 
     def render(inputs: str) -> object:
         values = {str(item["id"]): list(item["value"]) for item in json.loads(inputs)}
